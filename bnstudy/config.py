@@ -1,0 +1,189 @@
+"""The config schema (Hydra structured configs) and the checks OmegaConf cannot express.
+
+OmegaConf refuses unknown keys and wrong types while Hydra composes the config; `validate`
+refuses impossible values (a batch size of 0, an unknown model) before anything is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from bnstudy.data import DATASETS
+from bnstudy.models import RESNETS
+from bnstudy.norms import NORMS
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("cosine", "constant")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    # Channels of the first stage; 64 is the standard ResNet, 8-16 make CPU runs fast.
+    width: int = 64
+
+
+@dataclass
+class NormConfig:
+    name: str = MISSING
+    eps: float = 1e-5
+    # Weight of the newest batch in the running mean/var (PyTorch's convention).
+    momentum: float = 0.1
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    # Folder that holds the dataset's files (or receives them when download=true).
+    root: str = MISSING
+    download: bool = False
+
+
+@dataclass
+class DataConfig:
+    train_subset: int | None = None
+    test_subset: int | None = None
+    augment: bool = True
+    # Evaluation uses running statistics, so its batch size does not change the results.
+    eval_batch_size: int = 1000
+
+
+@dataclass
+class SGDConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "cosine"
+
+
+@dataclass
+class AdamConfig:
+    name: str = "adam"
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 100
+    # tqdm bar per epoch; it stays quiet anyway when output is not a terminal.
+    progress: bool = True
+    # Steps between looks at the running loss (bar update and non-finite check).
+    log_every: int = 50
+
+
+@dataclass
+class DeviceConfig:
+    name: str = MISSING
+
+
+@dataclass
+class PathsConfig:
+    output_root: str = "outputs"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    norm: NormConfig = field(default_factory=NormConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: Any = MISSING  # SGDConfig or AdamConfig, chosen by the optim group
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    batch_size: int = 128
+    seed: int = 0
+
+
+def register_configs() -> None:
+    """Put the schemas where conf/*.yaml refer to them (`defaults: [base_config]` and friends)."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="optim", name="sgd_schema", node=SGDConfig)
+    cs.store(group="optim", name="adam_schema", node=AdamConfig)
+
+
+def _choice(key: str, value: str, allowed: Any) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not known; choose one of: {', '.join(allowed)}")
+
+
+def _at_least(key: str, value: float | None, low: float) -> None:
+    if value is not None and value < low:
+        raise ConfigError(f"{key}={value} is impossible; it must be >= {low}")
+
+
+def _check_keys(cfg: Any) -> None:
+    """Refuse keys the schema lacks, including ones added with Hydra's `+key=value`."""
+    optim_schema = {"sgd": SGDConfig, "adam": AdamConfig}.get(cfg.optim.name, dict)
+    schema = OmegaConf.structured(Config(optim=optim_schema()))
+
+    def walk(node: DictConfig, known: DictConfig, prefix: str) -> None:
+        for key in node:
+            if key not in known.keys():
+                raise ConfigError(f"{prefix}{key} is not a bnstudy config key; remove it")
+            child, known_child = node._get_node(key), known._get_node(key)
+            if isinstance(child, DictConfig) and isinstance(known_child, DictConfig):
+                walk(child, known_child, f"{prefix}{key}.")
+
+    walk(cfg, schema, "")
+
+
+def validate(cfg: Any) -> None:
+    """Refuse values that compose fine but cannot run; raises ConfigError naming the key."""
+    _check_keys(cfg)
+    _choice("model.name", cfg.model.name, RESNETS)
+    _choice("norm.name", cfg.norm.name, NORMS)
+    _choice("dataset.name", cfg.dataset.name, DATASETS)
+    _choice("optim.name", cfg.optim.name, OPTIMIZERS)
+    _choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
+    _choice("device.name", cfg.device.name, DEVICES)
+    for key, value in [
+        ("batch_size", cfg.batch_size),
+        ("trainer.epochs", cfg.trainer.epochs),
+        ("trainer.log_every", cfg.trainer.log_every),
+        ("model.width", cfg.model.width),
+        ("data.train_subset", cfg.data.train_subset),
+        ("data.test_subset", cfg.data.test_subset),
+        ("data.eval_batch_size", cfg.data.eval_batch_size),
+    ]:
+        _at_least(key, value, 1)
+    _at_least("seed", cfg.seed, 0)
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr={cfg.optim.lr} is impossible; the learning rate must be > 0")
+    if cfg.norm.eps <= 0:
+        raise ConfigError(f"norm.eps={cfg.norm.eps} is impossible; it must be > 0")
+    if not 0 <= cfg.norm.momentum <= 1:
+        raise ConfigError(f"norm.momentum={cfg.norm.momentum} is impossible; it must be in [0, 1]")
+    resolve_device(cfg.device.name)
+
+
+def resolve_device(name: str) -> torch.device:
+    """Map the `device` choice to a torch device; refuses a backend this machine lacks."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but PyTorch sees no CUDA GPU here; use device=auto or cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device=mps but Apple MPS is not available here; use device=auto or cpu")
+    return torch.device(name)

@@ -1,0 +1,286 @@
+"""Dataset readers (real files -> uint8 tensors) and a whole-batch loader on the training device.
+
+The loader follows airbench: the images live on the device as one uint8 tensor, an epoch is
+one seeded `randperm`, and random crop, flip and normalization are tensor ops on whole
+batches, with no per-image Python work.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import pickle
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.datasets import CIFAR10, FashionMNIST
+from torchvision.datasets.utils import check_integrity, download_and_extract_archive, download_url
+
+log = logging.getLogger(__name__)
+
+
+class DatasetError(RuntimeError):
+    """Dataset files missing, unreadable or tampered with; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Split:
+    images: Tensor  # uint8, N×C×H×W
+    labels: Tensor  # int64, N
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    channels: int
+    classes: int
+    # Per-channel mean/std of the training images in [0, 1], used to normalize inputs.
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    read: Callable[[Path, bool], tuple[Split, Split]]  # (root, download) -> (train, test)
+
+
+# ---------------------------------------------------------------- Fashion-MNIST (idx .gz files)
+
+_IDX_IMAGES_MAGIC = 0x0803
+_IDX_LABELS_MAGIC = 0x0801
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (gzipped or not) of unsigned bytes into an array of its shape."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DatasetError(f"{path}: cannot read ({e}); delete it and fetch it again") from e
+    if len(data) < 4:
+        raise DatasetError(f"{path}: too short to be an idx file")
+    magic = struct.unpack(">I", data[:4])[0]
+    if magic >> 8 != 0x08:  # 0x08 = unsigned byte payload
+        raise DatasetError(f"{path}: not an idx file of unsigned bytes (magic {magic:#x})")
+    ndim = magic & 0xFF
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    payload = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if payload.size != int(np.prod(shape)):
+        raise DatasetError(f"{path}: header says {shape} but holds {payload.size} bytes")
+    return payload.reshape(shape)
+
+
+def _fashion_mnist_split(root: Path, prefix: str) -> Split:
+    images = read_idx(root / f"{prefix}-images-idx3-ubyte.gz")
+    labels = read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DatasetError(f"{root}: {prefix} images {images.shape} and labels {labels.shape} differ")
+    return Split(
+        torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+    )
+
+
+def read_fashion_mnist(root: Path, download: bool) -> tuple[Split, Split]:
+    """Fashion-MNIST from the four idx .gz files in `root` (Debian: dataset-fashion-mnist)."""
+    names = [name for name, _ in FashionMNIST.resources]
+    missing = [n for n in names if not (root / n).is_file()]
+    if missing and download:
+        for name, md5 in FashionMNIST.resources:
+            if name in missing:
+                _download(FashionMNIST.mirrors[0] + name, root, name, md5)
+    elif missing:
+        raise DatasetError(
+            f"Fashion-MNIST files missing in {root}: {', '.join(missing)}. Install them with "
+            "`apt-get install dataset-fashion-mnist`, or set dataset.root=DIR to a folder holding "
+            "them, or dataset.download=true"
+        )
+    return _fashion_mnist_split(root, "train"), _fashion_mnist_split(root, "t10k")
+
+
+# ------------------------------------------------- CIFAR-10 (the official python pickle batches)
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only, so a tampered batch cannot run code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        # Python 3 pickles bytes at protocol 2 through codecs.encode: a data transform only.
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self._ALLOWED:
+            raise DatasetError(f"refusing to load {module}.{name}: not part of a CIFAR-10 batch")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch -> (uint8 images N×3×32×32, int64 labels N)."""
+    try:
+        raw = path.read_bytes()
+        batch = _BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except DatasetError as e:
+        raise DatasetError(f"{path}: {e}; this file was altered, delete it and download again")
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+        raise DatasetError(f"{path}: not a CIFAR-10 python batch ({e}); delete it") from e
+    if not isinstance(batch, dict):
+        raise DatasetError(f"{path}: not a CIFAR-10 python batch (no dict inside)")
+    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    data, labels = batch.get("data"), batch.get("labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
+        raise DatasetError(f"{path}: 'data' is not a uint8 N×3072 array")
+    if data.shape[1] != 3 * 32 * 32 or not isinstance(labels, list) or len(labels) != len(data):
+        raise DatasetError(f"{path}: 'data' {data.shape} and 'labels' do not match CIFAR-10")
+    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+
+
+def _cifar_folder(root: Path) -> Path:
+    return root if root.name == CIFAR10.base_folder else root / CIFAR10.base_folder
+
+
+def read_cifar10(root: Path, download: bool) -> tuple[Split, Split]:
+    """CIFAR-10 from `root`/cifar-10-batches-py (downloaded and checksummed when allowed)."""
+    folder = _cifar_folder(root)
+    files = CIFAR10.train_list + CIFAR10.test_list
+    missing = [name for name, _ in files if not (folder / name).is_file()]
+    if missing and download:
+        try:
+            download_and_extract_archive(CIFAR10.url, str(root), md5=CIFAR10.tgz_md5)
+        except Exception as e:  # urllib raises many kinds; all mean "could not fetch"
+            raise DatasetError(
+                f"CIFAR-10 download to {root} failed ({e}). Put the official python batches "
+                f"(cifar-10-python.tar.gz, extracted) in {folder}, or set dataset.root=DIR"
+            ) from e
+    elif missing:
+        raise DatasetError(
+            f"CIFAR-10 files missing in {folder}: {', '.join(missing)}. Extract the official "
+            "cifar-10-python.tar.gz there, set dataset.root=DIR, or set dataset.download=true"
+        )
+    if download:  # files we fetched (or were told to fetch) must be the official ones
+        for name, md5 in files:
+            if not check_integrity(str(folder / name), md5):
+                raise DatasetError(f"{folder / name}: checksum mismatch; delete it and rerun")
+
+    def split(names: list[list[str]]) -> Split:
+        parts = [read_cifar_batch(folder / name) for name, _ in names]
+        images = np.concatenate([p[0] for p in parts])
+        labels = np.concatenate([p[1] for p in parts])
+        return Split(torch.from_numpy(images), torch.from_numpy(labels))
+
+    return split(CIFAR10.train_list), split(CIFAR10.test_list)
+
+
+def _download(url: str, root: Path, name: str, md5: str) -> None:
+    try:
+        download_url(url, str(root), filename=name, md5=md5)
+    except Exception as e:  # urllib raises many kinds; all mean "could not fetch"
+        raise DatasetError(f"download of {url} to {root} failed ({e}); fetch it by hand") from e
+
+
+# The one list of datasets: conf/dataset/*.yaml offer exactly these names.
+DATASETS: dict[str, DatasetSpec] = {
+    "cifar10": DatasetSpec(3, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), read_cifar10),
+    "fashion_mnist": DatasetSpec(1, 10, (0.2860,), (0.3530,), read_fashion_mnist),
+}
+
+
+def load_dataset(
+    name: str, root: str | Path, download: bool, train_subset: int | None, test_subset: int | None
+) -> tuple[Split, Split]:
+    """Read dataset `name` from `root` and keep the first N images of each split when asked."""
+    root = Path(root).expanduser()
+    train, test = DATASETS[name].read(root, download)
+    return _first(train, train_subset), _first(test, test_subset)
+
+
+def _first(split: Split, n: int | None) -> Split:
+    return split if n is None else Split(split.images[:n], split.labels[:n])
+
+
+# ------------------------------------------------------------------------------ the loader
+
+
+class GpuLoader:
+    """Batches of a split that lives on `device`: shuffled, augmented and normalized there.
+
+    Randomness comes from `generator` (a CPU generator, so its state can be checkpointed and
+    is the same on every device); one epoch draws its permutation, crop offsets and flips at
+    once, then slices them per batch.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        spec: DatasetSpec,
+        batch_size: int,
+        device: torch.device,
+        train: bool,
+        augment: bool = True,
+        generator: torch.Generator | None = None,
+        pad: int = 4,
+    ) -> None:
+        if train and generator is None:
+            raise ValueError("a training loader needs a generator for shuffling")
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device)
+        self.batch_size = batch_size
+        self.device = device
+        self.train = train
+        self.augment = augment and train
+        self.generator = generator
+        self.pad = pad
+        view = (1, -1, 1, 1)
+        # (x/255 − mean)/std folded into one multiply-add.
+        std = torch.tensor(spec.std, device=device).view(view)
+        self.scale = 1.0 / (255.0 * std)
+        self.shift = -torch.tensor(spec.mean, device=device).view(view) / std
+
+    def __len__(self) -> int:
+        n = len(self.images)
+        # Training drops the last partial batch: every step sees exactly `batch_size` images,
+        # which matters in a study of batch size (and BatchNorm needs more than one).
+        return n // self.batch_size if self.train else -(-n // self.batch_size)
+
+    @property
+    def num_images(self) -> int:
+        """Images seen in one pass (training drops the last partial batch)."""
+        return len(self) * self.batch_size if self.train else len(self.images)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        n = len(self.images)
+        if self.train:
+            order = torch.randperm(n, generator=self.generator).to(self.device)
+            if self.augment:
+                shifts = torch.randint(
+                    0, 2 * self.pad + 1, (n, 2), generator=self.generator
+                ).to(self.device)
+                flips = (torch.rand(n, generator=self.generator) < 0.5).to(self.device)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            stop = min(start + self.batch_size, n)
+            if self.train:
+                idx = order[start:stop]
+                x = self.images[idx]
+                if self.augment:
+                    x = random_crop(x, shifts[start:stop], self.pad)
+                    x = torch.where(flips[start:stop].view(-1, 1, 1, 1), x.flip(3), x)
+                y = self.labels[idx]
+            else:
+                x, y = self.images[start:stop], self.labels[start:stop]
+            yield torch.addcmul(self.shift, x.float(), self.scale), y
+
+
+def random_crop(images: Tensor, shifts: Tensor, pad: int) -> Tensor:
+    """Crop each image of the zero-padded batch at its own (dy, dx) offset in [0, 2·pad]."""
+    b, c, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    rows = (shifts[:, 0:1] + torch.arange(h, device=images.device)).view(b, h, 1)
+    cols = (shifts[:, 1:2] + torch.arange(w, device=images.device)).view(b, 1, w)
+    batch = torch.arange(b, device=images.device).view(b, 1, 1)
+    # Advanced indexing gathers B×H×W pixels with all channels: result is B×H×W×C.
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)

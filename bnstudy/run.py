@@ -1,0 +1,274 @@
+"""The train/eval entrypoint: `python -m bnstudy.run norm=affine model=resnet50`.
+
+Thin on purpose: config -> parts (data, model, optimizer) -> `fit` -> records in the run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NoReturn
+
+import hydra
+import torch
+import torchvision
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from bnstudy import records
+from bnstudy.config import ConfigError, register_configs, resolve_device, validate
+from bnstudy.data import DATASETS, DatasetError, GpuLoader, load_dataset
+from bnstudy.models import build_resnet
+from bnstudy.norms import count_norm_parameters, make_norm
+from bnstudy.records import FINISHED, RecordsError, RunFolder
+from bnstudy.train import Diverged, EpochMetrics, fit, make_optimizer, make_schedule
+
+log = logging.getLogger("bnstudy")
+
+# Errors that mean "the user asked for something that cannot work": one line, exit 2.
+OUR_ERRORS = (ConfigError, DatasetError, RecordsError)
+USER_ERRORS = (HydraException, OmegaConfBaseException, *OUR_ERRORS)
+
+
+def _run_path_resolver(*, _root_: DictConfig) -> str:
+    """`${bnstudy_run_path:}` in conf/config.yaml: the run folder of the config being run."""
+    # Resolving the hydra node here would resolve hydra.run.dir, i.e. call this again.
+    job = OmegaConf.masked_copy(_root_, [k for k in _root_ if k != "hydra"])
+    # Hydra creates the run folder right after this: refuse a bad config before it exists.
+    validate(job)
+    return records.run_path(OmegaConf.to_container(job, resolve=True))
+
+
+register_configs()
+OmegaConf.register_new_resolver("bnstudy_run_path", _run_path_resolver, replace=True)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "data": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["data"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def execute(cfg: DictConfig, run_dir: Path) -> str:
+    """Train and evaluate one config, recording into `run_dir`; returns the run's status."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)
+    run_id = records.run_id(config)
+    folder = RunFolder(run_dir)
+    folder.check_owner(run_id)
+    with folder.lock() as locked:
+        if not locked:
+            log.warning("%s is being run by another process; leaving it alone", run_dir)
+            return "running"
+        previous = folder.read_summary()
+        if previous is not None and previous["status"] in FINISHED:
+            log.info("already %s: %s (nothing to do)", previous["status"], run_dir)
+            return previous["status"]
+        return _train(cfg, config, run_id, folder, previous)
+
+
+def _train(
+    cfg: DictConfig,
+    config: dict[str, Any],
+    run_id: str,
+    folder: RunFolder,
+    previous: dict[str, str] | None,
+) -> str:
+    device = resolve_device(cfg.device.name)
+    spec = DATASETS[cfg.dataset.name]
+    train_split, test_split = load_dataset(
+        cfg.dataset.name,
+        cfg.dataset.root,
+        cfg.dataset.download,
+        cfg.data.train_subset,
+        cfg.data.test_subset,
+    )
+    if len(train_split.labels) < cfg.batch_size:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} exceeds the {len(train_split.labels)} training images; "
+            "lower batch_size or raise data.train_subset"
+        )
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    norm = make_norm(cfg.norm.name, cfg.norm.eps, cfg.norm.momentum)
+    model = build_resnet(cfg.model.name, norm, spec.channels, spec.classes, cfg.model.width)
+    model.to(device)
+    hyper = {k: v for k, v in cfg.optim.items() if k != "schedule"}
+    optimizer = make_optimizer(model.parameters(), **hyper)
+    schedule = make_schedule(optimizer, cfg.optim.schedule, cfg.trainer.epochs)
+    train_loader = GpuLoader(
+        train_split, spec, cfg.batch_size, device, True, cfg.data.augment, generator
+    )
+    test_loader = GpuLoader(test_split, spec, cfg.data.eval_batch_size, device, False)
+
+    rows: list[dict[str, Any]] = []
+    start_epoch = 1
+    checkpoint = folder.load_checkpoint()
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        schedule.load_state_dict(checkpoint["schedule"])
+        _restore_rng(checkpoint["rng"], generator)
+        start_epoch = checkpoint["epoch"] + 1
+        # Rows written after the checkpoint belong to an epoch that will be trained again.
+        rows = [r for r in folder.read_metrics() if int(r["epoch"]) < start_epoch]
+        log.info("resuming %s from epoch %d", folder.path, start_epoch)
+
+    ident = {"run_id": run_id, **records.identity(config)}
+    summary: dict[str, Any] = {
+        **ident,
+        "status": "running",
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "n_norm_params": count_norm_parameters(model),
+        "device": _device_label(device),
+        "torch_version": torch.__version__,
+        "torchvision_version": torchvision.__version__,
+        "hydra_version": hydra.__version__,
+        "python_version": platform.python_version(),
+        "started_at": previous["started_at"] if previous else _now(),
+    }
+    # Wall time adds up over resumed sessions.
+    earlier_seconds = float(previous["wall_seconds"] or 0) if previous else 0.0
+    started = time.perf_counter()
+
+    def record(status: str, **extra: Any) -> None:
+        accs = [float(r["test_acc"]) for r in rows]
+        best = max(range(len(accs)), key=accs.__getitem__) if accs else None
+        summary.update(
+            status=status,
+            epochs_done=len(rows),
+            final_test_acc=accs[-1] if accs else None,
+            best_test_acc=accs[best] if best is not None else None,
+            best_epoch=rows[best]["epoch"] if best is not None else None,
+            final_train_loss=rows[-1]["train_loss"] if rows else None,
+            wall_seconds=round(earlier_seconds + time.perf_counter() - started, 3),
+            updated_at=_now(),
+            **extra,
+        )
+        folder.write_summary(summary)
+
+    def on_epoch_end(m: EpochMetrics) -> None:
+        rows.append({**ident, **{c: getattr(m, c) for c in records.EPOCH_COLUMNS}})
+        # Metrics before checkpoint: a crash in between only repeats this epoch on resume.
+        folder.write_metrics(rows)
+        folder.save_checkpoint(
+            {
+                "epoch": m.epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "rng": _rng_state(generator),
+            }
+        )
+        record("running")
+        log.info(
+            "epoch %d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%%  lr %.4g  "
+            "%.1f s  %.0f img/s",
+            m.epoch, cfg.trainer.epochs, m.train_loss, m.train_acc, m.test_loss, m.test_acc,
+            m.epoch_lr, m.epoch_seconds, m.train_images_per_s,
+        )
+
+    log.info(
+        "run %s on %s: %s params (%s in norm layers) -> %s",
+        run_id, summary["device"], f"{summary['n_params']:,}",
+        f"{summary['n_norm_params']:,}", folder.path,
+    )
+    record("running")
+    try:
+        fit(
+            model, train_loader, test_loader, optimizer, schedule, cfg.trainer.epochs,
+            start_epoch=start_epoch, on_epoch_end=on_epoch_end,
+            log_every=cfg.trainer.log_every, progress=cfg.trainer.progress,
+        )
+    except Diverged as e:
+        log.warning("diverged: %s; recorded as a result in %s", e, folder.path)
+        record("diverged", diverged_epoch=e.epoch, error=str(e))
+        folder.checkpoint_path.unlink(missing_ok=True)
+        return "diverged"
+    except BaseException as e:
+        record("failed", error=f"{type(e).__name__}: {e}".splitlines()[0])
+        raise
+    folder.save_model(model.state_dict())
+    record("completed")
+    log.info(
+        "completed: final test acc %.2f%%, best %.2f%% (epoch %s) -> %s",
+        summary["final_test_acc"], summary["best_test_acc"], summary["best_epoch"], folder.path,
+    )
+    return "completed"
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> str:
+    try:
+        validate(cfg)  # again, for a hydra.run.dir that does not use bnstudy_run_path
+        return execute(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except USER_ERRORS as e:
+        # Exit here: an exception would make Hydra print the job's overrides first.
+        _exit_with(e)
+
+
+def one_line(error: BaseException) -> str:
+    """A user error as one line: ours as they are; Hydra's and OmegaConf's first lines and key."""
+    cause: BaseException | None = error
+    while cause is not None:  # our errors raised inside a resolver arrive wrapped by OmegaConf
+        if isinstance(cause, OUR_ERRORS):
+            return str(cause)
+        cause = cause.__cause__ or cause.__context__
+    parts = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = parts[0] if parts else type(error).__name__
+    detail = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
+    if isinstance(detail, OmegaConfBaseException):
+        first = str(detail).splitlines()[0].strip()
+        key = getattr(detail, "full_key", None)
+        if first and first not in text:
+            text = f"{text} {first}"
+        if key and key not in text:
+            text = f"{text} (key: {key})"
+    options = getattr(error, "options", None)
+    if options:
+        text = f"{text}; choose one of: {', '.join(sorted(options))}"
+    return text
+
+
+def cli() -> None:
+    # Hydra prints composition errors over several lines and task errors with a traceback;
+    # letting them through (HYDRA_FULL_ERROR) lets us print a user's mistake as one line.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        main()
+    except USER_ERRORS as e:
+        _exit_with(e)
+
+
+def _exit_with(error: BaseException) -> NoReturn:
+    print(f"bnstudy: error: {one_line(error)}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,159 @@
+"""The epoch loop and evaluation. Knows nothing about files: records come back as values."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """What one epoch measured; accuracies in percent."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    test_loss: float
+    test_acc: float
+    epoch_lr: float
+    epoch_seconds: float
+    train_images_per_s: float
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        super().__init__(f"non-finite training loss in epoch {epoch} at step {step}")
+        self.epoch = epoch
+
+
+def make_optimizer(
+    params: Iterable[Tensor],
+    name: str,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+) -> torch.optim.Optimizer:
+    """SGD (uses momentum, nesterov) or Adam (uses beta1, beta2) over `params`."""
+    if name == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
+        )
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def make_schedule(
+    optimizer: torch.optim.Optimizer, name: str, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch learning-rate schedule: cosine from lr to 0 over `epochs`, or constant."""
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if name == "constant":
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    raise ValueError(f"unknown schedule {name!r}")
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    log_every: int = 50,
+    progress: bool = True,
+) -> tuple[float, float, int]:
+    """One pass over `loader`; returns (mean loss, accuracy %, images). Raises Diverged."""
+    model.train()
+    loss_sum = torch.zeros((), device=_device_of(model))
+    correct = torch.zeros((), dtype=torch.long, device=loss_sum.device)
+    seen = 0
+    # disable=None: the bar stays quiet when output is not a terminal (logs, CI, SLURM).
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if progress else True)
+    for step, (x, y) in enumerate(bar, start=1):
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        # Sums stay on the device; reading them back every step would stall a GPU.
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        if step % log_every == 0:
+            running = loss_sum.item() / seen
+            if not math.isfinite(running):
+                raise Diverged(epoch, step)
+            bar.set_postfix(loss=f"{running:.4f}")
+    mean_loss = loss_sum.item() / max(seen, 1)
+    if not math.isfinite(mean_loss):
+        raise Diverged(epoch, step)
+    return mean_loss, 100.0 * correct.item() / max(seen, 1), seen
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]]) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (%) of `model` in eval mode over `loader`."""
+    model.eval()
+    loss_sum = torch.zeros((), device=_device_of(model))
+    correct = torch.zeros((), dtype=torch.long, device=loss_sum.device)
+    seen = 0
+    for x, y in loader:
+        logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+    return loss_sum.item() / max(seen, 1), 100.0 * correct.item() / max(seen, 1)
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Iterable[tuple[Tensor, Tensor]],
+    test_loader: Iterable[tuple[Tensor, Tensor]],
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    epochs: int,
+    start_epoch: int = 1,
+    on_epoch_end: Callable[[EpochMetrics], None] | None = None,
+    log_every: int = 50,
+    progress: bool = True,
+) -> list[EpochMetrics]:
+    """Train epochs `start_epoch..epochs`, evaluating after each; raises Diverged."""
+    history = []
+    for epoch in range(start_epoch, epochs + 1):
+        epoch_lr = optimizer.param_groups[0]["lr"]
+        started = time.perf_counter()
+        train_loss, train_acc, images = train_epoch(
+            model, train_loader, optimizer, epoch, log_every, progress
+        )
+        train_seconds = time.perf_counter() - started
+        test_loss, test_acc = evaluate(model, test_loader)
+        schedule.step()
+        metrics = EpochMetrics(
+            epoch=epoch,
+            train_loss=train_loss,
+            train_acc=train_acc,
+            test_loss=test_loss,
+            test_acc=test_acc,
+            epoch_lr=epoch_lr,
+            epoch_seconds=time.perf_counter() - started,
+            train_images_per_s=images / train_seconds,
+        )
+        history.append(metrics)
+        if on_epoch_end is not None:
+            on_epoch_end(metrics)
+    return history
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

@@ -1,0 +1,124 @@
+"""The real CLI in a subprocess: what a user types, what lands on disk."""
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from bnstudy.records import METRICS_COLUMNS, SUMMARY_COLUMNS
+from tests.conftest import TINY, run_cli
+
+pytestmark = pytest.mark.slow
+
+TIMING = {"epoch_seconds", "train_images_per_s"}
+
+
+def read(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def only_run(root: Path) -> Path:
+    folders = [p.parent for p in root.rglob("summary.csv")]
+    assert len(folders) == 1, folders
+    return folders[0]
+
+
+def test_one_run_writes_both_csvs_with_the_right_rows(tmp_path):
+    result = run_cli(*TINY, "norm=bnminus", "batch_size=32", f"paths.output_root={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    run = only_run(tmp_path)
+    assert run.parent.name == "fashion_mnist"
+    assert run.name.startswith("resnet18-w4-bnminus-bs32-seed0-")
+    metrics = read(run / "metrics.csv")
+    assert tuple(metrics[0]) == METRICS_COLUMNS
+    assert [m["epoch"] for m in metrics] == ["1", "2"]
+    assert {m["norm"] for m in metrics} == {"bnminus"} and {m["batch_size"] for m in metrics} == {
+        "32"
+    }
+    assert float(metrics[0]["epoch_lr"]) == 0.1 and float(metrics[1]["epoch_lr"]) == 0.05
+    for m in metrics:
+        assert 0 <= float(m["test_acc"]) <= 100 and float(m["train_images_per_s"]) > 0
+    [summary] = read(run / "summary.csv")
+    assert tuple(summary) == SUMMARY_COLUMNS
+    assert summary["status"] == "completed" and summary["epochs_done"] == "2"
+    assert summary["final_test_acc"] == metrics[-1]["test_acc"]
+    best = max(metrics, key=lambda m: float(m["test_acc"]))
+    assert (summary["best_test_acc"], summary["best_epoch"]) == (best["test_acc"], best["epoch"])
+    assert summary["n_norm_params"] == "0" and int(summary["n_params"]) > 0
+    assert summary["device"] == "cpu" and summary["torch_version"]
+    assert (run / ".hydra" / "config.yaml").is_file() and (run / "model.pt").is_file()
+    assert not (run / "checkpoint.pt").exists()
+
+
+def test_rerun_of_a_completed_config_is_a_no_op(tmp_path):
+    args = [*TINY, "trainer.epochs=1", f"paths.output_root={tmp_path}"]
+    assert run_cli(*args).returncode == 0
+    run = only_run(tmp_path)
+    before = {p.name: p.read_bytes() for p in run.glob("*.csv")}
+    again = run_cli(*args)
+    assert again.returncode == 0
+    assert "already completed" in again.stdout + again.stderr
+    assert {p.name: p.read_bytes() for p in run.glob("*.csv")} == before
+    # A different config gets a folder of its own, next to the first.
+    assert run_cli(*args, "optim.lr=0.05").returncode == 0
+    assert len(list(tmp_path.rglob("summary.csv"))) == 2
+
+
+def test_same_config_and_seed_on_cpu_give_identical_numbers(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        result = run_cli(*TINY, "norm=batchnorm", f"paths.output_root={tmp_path / name}")
+        assert result.returncode == 0, result.stderr
+        runs.append(read(only_run(tmp_path / name) / "metrics.csv"))
+    strip = [[{k: v for k, v in row.items() if k not in TIMING} for row in run] for run in runs]
+    assert strip[0] == strip[1]
+    assert float(runs[0][0]["train_loss"]) > 0
+
+
+def test_divergence_is_recorded_not_crashed(tmp_path):
+    result = run_cli(*TINY, "norm=none", "optim.lr=1e12", "trainer.log_every=1",
+                     f"paths.output_root={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    [summary] = read(only_run(tmp_path) / "summary.csv")
+    assert summary["status"] == "diverged"
+    assert summary["diverged_epoch"] == "1" and "non-finite" in summary["error"]
+
+
+def test_cifar10_from_files_in_the_official_format(tmp_path, tiny_cifar):
+    result = run_cli("dataset=cifar10", f"dataset.root={tiny_cifar}", "dataset.download=false",
+                     "model.width=4", "device=cpu", "trainer.epochs=1", "batch_size=8",
+                     "norm=affine", f"paths.output_root={tmp_path / 'out'}")
+    assert result.returncode == 0, result.stderr
+    [summary] = read(only_run(tmp_path / "out") / "summary.csv")
+    assert (summary["dataset"], summary["status"]) == ("cifar10", "completed")
+    assert int(summary["n_norm_params"]) > 0
+
+
+def test_works_from_another_directory(tmp_path):
+    result = run_cli(*TINY, "trainer.epochs=1", "paths.output_root=rel", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert only_run(tmp_path / "rel").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["model.widht=8"], "Key 'widht' not in 'ModelConfig'"),
+        (["batch_size=abc"], "batch_size"),
+        (["norm=layernorm"], "norm/layernorm'; choose one of: affine, batchnorm, bnminus, none"),
+        (["batch_size=0"], "batch_size=0 is impossible"),
+        (["optim.lr=-1"], "optim.lr=-1.0 is impossible"),
+        (["device=cuda"], "device=cuda but PyTorch sees no CUDA GPU"),
+        (["dataset.root=/nonexistent"], "Fashion-MNIST files missing in /nonexistent"),
+        (["batch_size=1000"], "batch_size=1000 exceeds the 256 training images"),
+    ],
+)
+def test_bad_input_gives_one_clear_line_and_no_run(tmp_path, args, message):
+    result = run_cli(*TINY, *args, f"paths.output_root={tmp_path}")
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("bnstudy: error:"), result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not list(tmp_path.rglob("summary.csv"))

@@ -1,0 +1,73 @@
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import bnstudy.run  # noqa: F401  (registers the schema and the run-folder resolver)
+from bnstudy import records
+from bnstudy.config import ConfigError, validate
+from bnstudy.models import RESNETS
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def make_config(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def plain(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_defaults_compose_and_validate():
+    cfg = make_config("device=cpu")
+    validate(cfg)
+    assert (cfg.model.name, cfg.norm.name, cfg.dataset.name) == ("resnet18", "batchnorm", "cifar10")
+    assert (cfg.batch_size, cfg.model.width, cfg.optim.name) == (128, 64, "sgd")
+
+
+def test_model_names_match_the_config_group():
+    assert sorted(p.stem for p in (CONF / "model").glob("*.yaml")) == sorted(RESNETS)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("batch_size=0", "batch_size"),
+        ("trainer.epochs=0", "trainer.epochs"),
+        ("model.width=0", "model.width"),
+        ("data.train_subset=0", "data.train_subset"),
+        ("data.test_subset=-3", "data.test_subset"),
+        ("optim.lr=0", "optim.lr"),
+        ("optim.lr=-0.1", "optim.lr"),
+        ("model.name=resnet19", "model.name"),
+        ("norm.name=layernorm", "norm.name"),
+        ("optim.schedule=linear", "optim.schedule"),
+        ("device=cuda", "device=cuda"),
+        ("+extra=1", "extra"),
+        ("+model.depth=3", "model.depth"),
+    ],
+)
+def test_impossible_values_are_refused_naming_the_key(override, key):
+    cfg = make_config(override)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(cfg)
+
+
+def test_run_id_changes_with_what_affects_results_only():
+    base = plain(make_config("device=cpu"))
+    assert records.run_id(base) == records.run_id(plain(make_config("device=cpu")))
+    for changed in ["optim.lr=0.05", "norm=affine", "seed=1", "model.width=32", "norm.eps=1e-3",
+                    "data.train_subset=100", "optim=adam"]:
+        assert records.run_id(plain(make_config("device=cpu", changed))) != records.run_id(base)
+    for same in ["device=auto", "paths.output_root=/elsewhere", "dataset.root=/data",
+                 "trainer.progress=false"]:
+        assert records.run_id(plain(make_config(same))) == records.run_id(base)
+
+
+def test_run_path_is_readable():
+    cfg = plain(make_config("dataset=fashion_mnist", "norm=bnminus", "batch_size=32", "seed=3"))
+    path = records.run_path(cfg)
+    assert path == f"fashion_mnist/resnet18-w64-bnminus-bs32-seed3-{records.run_id(cfg)}"
