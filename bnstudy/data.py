@@ -76,7 +76,9 @@ def _fashion_mnist_split(root: Path, prefix: str) -> Split:
     images = read_idx(root / f"{prefix}-images-idx3-ubyte.gz")
     labels = read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise DatasetError(f"{root}: {prefix} images {images.shape} and labels {labels.shape} differ")
+        raise DatasetError(
+            f"{root}: {prefix} images {images.shape} do not match labels {labels.shape}"
+        )
     return Split(
         torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
     )
@@ -126,7 +128,9 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raw = path.read_bytes()
         batch = _BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except DatasetError as e:
-        raise DatasetError(f"{path}: {e}; this file was altered, delete it and download again")
+        raise DatasetError(
+            f"{path}: {e}; this file was altered, delete it and download again"
+        ) from None
     except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
         raise DatasetError(f"{path}: not a CIFAR-10 python batch ({e}); delete it") from e
     if not isinstance(batch, dict):
@@ -257,9 +261,9 @@ class GpuLoader:
         if self.train:
             order = torch.randperm(n, generator=self.generator).to(self.device)
             if self.augment:
-                shifts = torch.randint(
-                    0, 2 * self.pad + 1, (n, 2), generator=self.generator
-                ).to(self.device)
+                shifts = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=self.generator).to(
+                    self.device
+                )
                 flips = (torch.rand(n, generator=self.generator) < 0.5).to(self.device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             stop = min(start + self.batch_size, n)

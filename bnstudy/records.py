@@ -15,13 +15,24 @@ import json
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import torch
 
-from bnstudy.train import EpochMetrics
+@dataclass(frozen=True)
+class EpochMetrics:
+    """What one epoch measured; accuracies in percent."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    test_loss: float
+    test_acc: float
+    epoch_lr: float
+    epoch_seconds: float
+    train_images_per_s: float
+
 
 # Identity columns -> their config key. These head every row of metrics.csv and summary.csv, so
 # files from many runs concatenate without any other source.
@@ -190,13 +201,19 @@ class RunFolder:
                 "move that folder away or choose another paths.output_root"
             )
 
+    # torch is imported where it is used so that `bnstudy.results` can read records without it.
+
     def save_checkpoint(self, state: dict[str, Any]) -> None:
+        import torch
+
         buffer = io.BytesIO()
         torch.save(state, buffer)
         write_atomic(self.checkpoint_path, buffer.getvalue())
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         """The last checkpoint, loaded with weights_only=True: tensors and plain data only."""
+        import torch
+
         if not self.checkpoint_path.is_file():
             return None
         try:
@@ -206,8 +223,10 @@ class RunFolder:
                 f"{self.checkpoint_path}: cannot be loaded safely ({e}); delete it to restart"
             ) from e
 
-    def save_model(self, state_dict: dict[str, torch.Tensor]) -> None:
+    def save_model(self, state_dict: dict[str, Any]) -> None:
         """Keep the final weights and drop the checkpoint (it also holds optimizer state)."""
+        import torch
+
         buffer = io.BytesIO()
         torch.save(state_dict, buffer)
         write_atomic(self.path / MODEL_FILE, buffer.getvalue())

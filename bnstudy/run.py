@@ -27,8 +27,8 @@ from bnstudy.config import ConfigError, register_configs, resolve_device, valida
 from bnstudy.data import DATASETS, DatasetError, GpuLoader, load_dataset
 from bnstudy.models import build_resnet
 from bnstudy.norms import count_norm_parameters, make_norm
-from bnstudy.records import FINISHED, RecordsError, RunFolder
-from bnstudy.train import Diverged, EpochMetrics, fit, make_optimizer, make_schedule
+from bnstudy.records import FINISHED, EpochMetrics, RecordsError, RunFolder
+from bnstudy.train import Diverged, fit, make_optimizer, make_schedule
 
 log = logging.getLogger("bnstudy")
 
@@ -189,21 +189,38 @@ def _train(
         log.info(
             "epoch %d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%%  lr %.4g  "
             "%.1f s  %.0f img/s",
-            m.epoch, cfg.trainer.epochs, m.train_loss, m.train_acc, m.test_loss, m.test_acc,
-            m.epoch_lr, m.epoch_seconds, m.train_images_per_s,
+            m.epoch,
+            cfg.trainer.epochs,
+            m.train_loss,
+            m.train_acc,
+            m.test_loss,
+            m.test_acc,
+            m.epoch_lr,
+            m.epoch_seconds,
+            m.train_images_per_s,
         )
 
     log.info(
         "run %s on %s: %s params (%s in norm layers) -> %s",
-        run_id, summary["device"], f"{summary['n_params']:,}",
-        f"{summary['n_norm_params']:,}", folder.path,
+        run_id,
+        summary["device"],
+        f"{summary['n_params']:,}",
+        f"{summary['n_norm_params']:,}",
+        folder.path,
     )
     record("running")
     try:
         fit(
-            model, train_loader, test_loader, optimizer, schedule, cfg.trainer.epochs,
-            start_epoch=start_epoch, on_epoch_end=on_epoch_end,
-            log_every=cfg.trainer.log_every, progress=cfg.trainer.progress,
+            model,
+            train_loader,
+            test_loader,
+            optimizer,
+            schedule,
+            cfg.trainer.epochs,
+            start_epoch=start_epoch,
+            on_epoch_end=on_epoch_end,
+            log_every=cfg.trainer.log_every,
+            progress=cfg.trainer.progress,
         )
     except Diverged as e:
         log.warning("diverged: %s; recorded as a result in %s", e, folder.path)
@@ -217,7 +234,10 @@ def _train(
     record("completed")
     log.info(
         "completed: final test acc %.2f%%, best %.2f%% (epoch %s) -> %s",
-        summary["final_test_acc"], summary["best_test_acc"], summary["best_epoch"], folder.path,
+        summary["final_test_acc"],
+        summary["best_test_acc"],
+        summary["best_epoch"],
+        folder.path,
     )
     return "completed"
 

@@ -5,25 +5,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-
-@dataclass(frozen=True)
-class EpochMetrics:
-    """What one epoch measured; accuracies in percent."""
-
-    epoch: int
-    train_loss: float
-    train_acc: float
-    test_loss: float
-    test_acc: float
-    epoch_lr: float
-    epoch_seconds: float
-    train_images_per_s: float
+from bnstudy.records import EpochMetrics
 
 
 class Diverged(Exception):

@@ -63,3 +63,51 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
         text=True,
         timeout=600,
     )
+
+
+def write_run(
+    root: Path,
+    norm: str,
+    batch_size: int,
+    seed: int,
+    test_accs: list[float],
+    status: str = "completed",
+    model: str = "resnet18",
+    error: str = "",
+) -> Path:
+    """A run folder written by the real records code, with the given test accuracy per epoch."""
+    from bnstudy import records
+    from bnstudy.records import EPOCH_COLUMNS, RunFolder
+
+    config = {
+        "dataset": {"name": "cifar10"},
+        "model": {"name": model, "width": 64},
+        "norm": {"name": norm},
+        "batch_size": batch_size,
+        "seed": seed,
+        "optim": {"name": "sgd", "lr": 0.1},
+        "trainer": {"epochs": 3},
+    }
+    ident = {"run_id": records.run_id(config), **records.identity(config)}
+    rows = [
+        {
+            **ident,
+            **dict(zip(EPOCH_COLUMNS, [e, 1.0 / e, acc, 0.5, acc, 0.1, 2.0, 100.0], strict=True)),
+        }
+        for e, acc in enumerate(test_accs, start=1)
+    ]
+    folder = RunFolder(root / records.run_path(config))
+    folder.path.mkdir(parents=True)
+    folder.write_metrics(rows)
+    folder.write_summary(
+        {
+            **ident,
+            "status": status,
+            "epochs_done": len(rows),
+            "error": error,
+            "final_test_acc": test_accs[-1] if test_accs else None,
+            "best_test_acc": max(test_accs) if test_accs else None,
+            "best_epoch": test_accs.index(max(test_accs)) + 1 if test_accs else None,
+        }
+    )
+    return folder.path

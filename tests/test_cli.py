@@ -77,8 +77,9 @@ def test_same_config_and_seed_on_cpu_give_identical_numbers(tmp_path):
 
 
 def test_divergence_is_recorded_not_crashed(tmp_path):
-    result = run_cli(*TINY, "norm=none", "optim.lr=1e12", "trainer.log_every=1",
-                     f"paths.output_root={tmp_path}")
+    result = run_cli(
+        *TINY, "norm=none", "optim.lr=1e12", "trainer.log_every=1", f"paths.output_root={tmp_path}"
+    )
     assert result.returncode == 0, result.stderr
     [summary] = read(only_run(tmp_path) / "summary.csv")
     assert summary["status"] == "diverged"
@@ -86,9 +87,17 @@ def test_divergence_is_recorded_not_crashed(tmp_path):
 
 
 def test_cifar10_from_files_in_the_official_format(tmp_path, tiny_cifar):
-    result = run_cli("dataset=cifar10", f"dataset.root={tiny_cifar}", "dataset.download=false",
-                     "model.width=4", "device=cpu", "trainer.epochs=1", "batch_size=8",
-                     "norm=affine", f"paths.output_root={tmp_path / 'out'}")
+    result = run_cli(
+        "dataset=cifar10",
+        f"dataset.root={tiny_cifar}",
+        "dataset.download=false",
+        "model.width=4",
+        "device=cpu",
+        "trainer.epochs=1",
+        "batch_size=8",
+        "norm=affine",
+        f"paths.output_root={tmp_path / 'out'}",
+    )
     assert result.returncode == 0, result.stderr
     [summary] = read(only_run(tmp_path / "out") / "summary.csv")
     assert (summary["dataset"], summary["status"]) == ("cifar10", "completed")

@@ -59,11 +59,22 @@ def test_impossible_values_are_refused_naming_the_key(override, key):
 def test_run_id_changes_with_what_affects_results_only():
     base = plain(make_config("device=cpu"))
     assert records.run_id(base) == records.run_id(plain(make_config("device=cpu")))
-    for changed in ["optim.lr=0.05", "norm=affine", "seed=1", "model.width=32", "norm.eps=1e-3",
-                    "data.train_subset=100", "optim=adam"]:
+    for changed in [
+        "optim.lr=0.05",
+        "norm=affine",
+        "seed=1",
+        "model.width=32",
+        "norm.eps=1e-3",
+        "data.train_subset=100",
+        "optim=adam",
+    ]:
         assert records.run_id(plain(make_config("device=cpu", changed))) != records.run_id(base)
-    for same in ["device=auto", "paths.output_root=/elsewhere", "dataset.root=/data",
-                 "trainer.progress=false"]:
+    for same in [
+        "device=auto",
+        "paths.output_root=/elsewhere",
+        "dataset.root=/data",
+        "trainer.progress=false",
+    ]:
         assert records.run_id(plain(make_config(same))) == records.run_id(base)
 
 

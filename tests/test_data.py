@@ -134,8 +134,9 @@ def numbered_split(n: int = 10, size: int = 6) -> Split:
 
 def loader(split: Split, seed: int = 0, augment: bool = False, batch_size: int = 4) -> GpuLoader:
     gen = torch.Generator().manual_seed(seed)
-    return GpuLoader(split, DATASETS["fashion_mnist"], batch_size, torch.device("cpu"), True,
-                     augment, gen)
+    return GpuLoader(
+        split, DATASETS["fashion_mnist"], batch_size, torch.device("cpu"), True, augment, gen
+    )
 
 
 def test_training_epoch_is_a_seeded_permutation_without_the_last_partial_batch():
@@ -185,13 +186,14 @@ def test_augmented_batches_are_crops_or_flips_of_their_images():
     images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8, generator=g)
     split = Split(images, torch.arange(16))
     spec = DATASETS["cifar10"]
-    data = GpuLoader(split, spec, 16, torch.device("cpu"), True, True,
-                     torch.Generator().manual_seed(3), pad=2)
+    data = GpuLoader(
+        split, spec, 16, torch.device("cpu"), True, True, torch.Generator().manual_seed(3), pad=2
+    )
     x, y = next(iter(data))
     std, mean = torch.tensor(spec.std).view(3, 1, 1), torch.tensor(spec.mean).view(3, 1, 1)
     pixels = ((x * std + mean) * 255).round().to(torch.uint8)
     flipped = 0
-    for out, label in zip(pixels, y):
+    for out, label in zip(pixels, y, strict=True):
         padded = torch.nn.functional.pad(images[label], (2, 2, 2, 2))
         crops = [padded[:, i : i + 8, j : j + 8] for i in range(5) for j in range(5)]
         if any(torch.equal(out, c) for c in crops):

@@ -122,6 +122,7 @@ def test_eps_and_momentum_reach_the_batchnorm_kinds():
     ("name", "expected"), [("batchnorm", 2 * 10), ("affine", 2 * 10), ("bnminus", 0), ("none", 0)]
 )
 def test_norm_parameter_count(name, expected):
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), make_norm(name)(4), nn.Conv2d(4, 6, 3),
-                          make_norm(name)(6))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), make_norm(name)(4), nn.Conv2d(4, 6, 3), make_norm(name)(6)
+    )
     assert count_norm_parameters(model) == expected

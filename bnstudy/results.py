@@ -1,0 +1,382 @@
+"""From a folder of runs to the paper's tables and figures: `python -m bnstudy.results DIR`.
+
+Collects every run's summary.csv and metrics.csv below DIR into two tidy tables (runs.csv and
+epochs.csv at DIR's root), prints variants × batch sizes tables of final and best test accuracy
+and a status table, and with --plot writes PNG figures. Reads records without importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import math
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from bnstudy.records import (
+    IDENTITY_KEYS,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    write_atomic,
+)
+
+RUNS_FILE = "runs.csv"
+EPOCHS_FILE = "epochs.csv"
+FORMATS = ("text", "markdown", "csv", "latex")
+# A table per setting: everything that identifies a run except the table's axes and the seeds.
+SETTING = [k for k in IDENTITY_KEYS if k not in ("norm", "batch_size", "seed")]
+MISSING = "missing"
+
+
+class ResultsError(RuntimeError):
+    """DIR cannot be summarised; the message names it and what to do."""
+
+
+# ------------------------------------------------------------------------------- collect
+
+
+def _concat_csvs(paths: list[Path], root: Path) -> pd.DataFrame:
+    """Read many small CSVs as one: files with one header are concatenated as text first,
+    which is far faster than a DataFrame per file (1,000 runs in well under a second)."""
+    by_header: dict[str, list[str]] = {}
+    for path in paths:
+        text = path.read_text()
+        header, _, body = text.partition("\n")
+        if not header:
+            continue
+        rel = path.parent.relative_to(root).as_posix() or "."
+        lines = [f"{line},{_quote(rel)}" for line in body.splitlines() if line]
+        by_header.setdefault(header, []).extend(lines)
+    frames = [
+        pd.read_csv(io.StringIO(f"{header},run_dir\n" + "\n".join(lines)))
+        for header, lines in by_header.items()
+    ]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
+def collect(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every run below `root`: (runs, one row per run; epochs, one row per run and epoch)."""
+    if not root.is_dir():
+        raise ResultsError(f"{root} is not a folder; give the output folder of a run or sweep")
+    summaries = sorted(root.rglob(SUMMARY_FILE))
+    if not summaries:
+        raise ResultsError(
+            f"no runs under {root} (no {SUMMARY_FILE} found); give paths.output_root of a run or "
+            "sweep, e.g. outputs"
+        )
+    runs = _concat_csvs(summaries, root)
+    epochs = _concat_csvs(sorted(root.rglob(METRICS_FILE)), root)
+    runs = runs.sort_values([*IDENTITY_KEYS]).reset_index(drop=True)
+    if not epochs.empty:
+        epochs = epochs.sort_values([*IDENTITY_KEYS, "epoch"]).reset_index(drop=True)
+    return runs, epochs
+
+
+# -------------------------------------------------------------------------------- tables
+
+
+def _settings(runs: pd.DataFrame) -> Iterable[tuple[str, pd.DataFrame]]:
+    groups = runs.groupby(SETTING, sort=True, dropna=False)
+    # SETTING starts with dataset, model: order models by depth, not alphabetically.
+    for key, group in sorted(groups, key=lambda kv: (kv[0][0], _natural(kv[0][1]), kv[0][2:])):
+        values = dict(zip(SETTING, key, strict=True))
+        title = (
+            f"{values['dataset']} · {values['model']} (width {values['width']}, "
+            f"{values['optimizer']} lr {values['lr']:g}, {values['epochs']} epochs)"
+        )
+        yield title, group
+
+
+def _seeds(group: pd.DataFrame) -> list[int]:
+    return sorted(group["seed"].unique())
+
+
+def accuracy_table(group: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Rows: variants; columns: batch sizes; cells: mean ± std (n) over completed seeds."""
+    norms, sizes = sorted(group["norm"].unique()), sorted(group["batch_size"].unique())
+    n_seeds = len(_seeds(group))
+    table = pd.DataFrame(index=pd.Index(norms, name="norm"), columns=sizes, dtype=object)
+    for norm in norms:
+        for size in sizes:
+            cell = group[(group["norm"] == norm) & (group["batch_size"] == size)]
+            table.loc[norm, size] = _accuracy_cell(cell, column, n_seeds)
+    table.columns = pd.Index([f"bs {s}" for s in sizes])
+    return table
+
+
+def _accuracy_cell(cell: pd.DataFrame, column: str, n_seeds: int) -> str:
+    done = cell[cell["status"] == "completed"][column].dropna()
+    if done.empty:
+        statuses = sorted(cell["status"].unique())
+        return "/".join(statuses) if statuses else MISSING
+    text = f"{done.mean():.2f}"
+    if n_seeds > 1:
+        std = done.std() if len(done) > 1 else float("nan")
+        text += f" ± {std:.2f}" if not math.isnan(std) else ""
+        text += f" (n={len(done)})"
+    others = len(cell) - len(done)
+    if others:
+        text += f" +{others} " + "/".join(sorted(cell[cell["status"] != "completed"]["status"]))
+    return text
+
+
+def status_table(group: pd.DataFrame) -> pd.DataFrame:
+    """Rows: variants; columns: batch sizes; cells: how many runs are in which state."""
+    norms, sizes = sorted(group["norm"].unique()), sorted(group["batch_size"].unique())
+    seeds = _seeds(group)
+    table = pd.DataFrame(index=pd.Index(norms, name="norm"), columns=sizes, dtype=object)
+    for norm in norms:
+        for size in sizes:
+            cell = group[(group["norm"] == norm) & (group["batch_size"] == size)]
+            counts = cell["status"].value_counts().to_dict()
+            missing = len(set(seeds) - set(cell["seed"]))
+            if missing:
+                counts[MISSING] = missing
+            table.loc[norm, size] = ", ".join(
+                f"{n} {s}" if len(seeds) > 1 else s for s, n in sorted(counts.items())
+            )
+    table.columns = pd.Index([f"bs {s}" for s in sizes])
+    return table
+
+
+def render(table: pd.DataFrame, fmt: str, title: str) -> str:
+    """One table as text, markdown, csv or latex (no extra dependencies for any)."""
+    header = [table.index.name or "", *map(str, table.columns)]
+    rows = [[str(i), *map(str, r)] for i, r in zip(table.index, table.values, strict=True)]
+    if fmt == "csv":
+        buffer = io.StringIO()
+        table.to_csv(buffer)
+        return f"# {title}\n{buffer.getvalue()}"
+    if fmt == "markdown":
+        lines = [f"**{title}**", "", "| " + " | ".join(header) + " |"]
+        lines.append("|" + "|".join("---" for _ in header) + "|")
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines) + "\n"
+    if fmt == "latex":
+
+        def esc(s: str) -> str:
+            return s.replace("_", r"\_").replace("±", r"$\pm$").replace("%", r"\%")
+
+        lines = [r"\begin{table}[h]", r"\centering", rf"\caption{{{esc(title)}}}"]
+        lines += [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\hline"]
+        lines.append(" & ".join(esc(h) for h in header) + r" \\ \hline")
+        lines += [" & ".join(esc(c) for c in r) + r" \\" for r in rows]
+        lines += [r"\hline", r"\end{tabular}", r"\end{table}"]
+        return "\n".join(lines) + "\n"
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    fmt_row = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
+    return "\n".join([title, fmt_row(header), *map(fmt_row, rows)]) + "\n"
+
+
+def report(runs: pd.DataFrame, fmt: str = "text") -> str:
+    """All tables for `runs`: final and best test accuracy, then status, per setting."""
+    parts = []
+    for title, group in _settings(runs):
+        for column, what in (("final_test_acc", "final"), ("best_test_acc", "best")):
+            parts.append(render(accuracy_table(group, column), fmt, f"{what} test acc % — {title}"))
+        parts.append(render(status_table(group), fmt, f"status — {title}"))
+    counts = runs["status"].value_counts().to_dict()
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    lines = [f"{len(runs)} runs: {summary}"]
+    for _, run in runs[runs["status"] == "failed"].iterrows():
+        lines.append(f"  failed: {run['run_dir']}: {run.get('error', '')}")
+    if fmt in ("text", "markdown"):
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+# ------------------------------------------------------------------------------- figures
+
+
+def plot(runs: pd.DataFrame, epochs: pd.DataFrame, out: Path) -> list[Path]:
+    """Write the figures as PNG into `out`; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: works without a display
+    import matplotlib.pyplot as plt
+
+    written = []
+    setting = [k for k in SETTING if k != "model"]
+    for key, group in runs.groupby(setting, sort=True):
+        values = dict(zip(setting, key, strict=True))
+        slug = "{dataset}-w{width}-{optimizer}-lr{lr:g}-e{epochs}".format(**values)
+        label = "{dataset}, width {width}, {optimizer} lr {lr:g}, {epochs} epochs".format(**values)
+        sub_epochs = epochs.merge(group[["run_id"]], on="run_id") if not epochs.empty else epochs
+        for name, draw in (
+            ("curves", _plot_curves),
+            ("final_vs_batch_size", _plot_final_vs_batch),
+            ("heatmap", _plot_heatmap),
+        ):
+            fig = draw(plt, group, sub_epochs, label)
+            if fig is None:
+                continue
+            path = out / f"{name}-{slug}.png"
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+            plt.close(fig)
+            write_atomic(path, buffer.getvalue())
+            written.append(path)
+    return written
+
+
+def _natural(name: str) -> tuple[str, int]:
+    """Sort key that puts resnet18 before resnet101."""
+    digits = "".join(ch for ch in name if ch.isdigit())
+    return name.rstrip("0123456789"), int(digits or 0)
+
+
+def _models(runs: pd.DataFrame) -> list[str]:
+    return sorted(runs["model"].unique(), key=_natural)
+
+
+def _norm_colors(norms: Iterable[str]) -> dict[str, str]:
+    return {n: f"C{i}" for i, n in enumerate(sorted(norms))}
+
+
+def _plot_curves(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: str):
+    if epochs.empty:
+        return None
+    models = _models(runs)
+    sizes = sorted(runs["batch_size"].unique())
+    colors = _norm_colors(runs["norm"].unique())
+    fig, axes = plt.subplots(
+        len(models),
+        len(sizes),
+        figsize=(3.6 * len(sizes), 2.9 * len(models)),
+        squeeze=False,
+        sharey=True,
+    )
+    for i, model in enumerate(models):
+        for j, size in enumerate(sizes):
+            ax = axes[i][j]
+            cell = epochs[(epochs["model"] == model) & (epochs["batch_size"] == size)]
+            for norm, curves in cell.groupby("norm"):
+                stats = curves.groupby("epoch")["test_acc"].agg(["mean", "min", "max"])
+                ax.plot(stats.index, stats["mean"], color=colors[norm], label=norm)
+                if curves["seed"].nunique() > 1:
+                    ax.fill_between(
+                        stats.index, stats["min"], stats["max"], color=colors[norm], alpha=0.2
+                    )
+            ax.set_title(f"{model}, batch {size}", fontsize=9)
+            ax.set_xlabel("epoch")
+            if j == 0:
+                ax.set_ylabel("test accuracy (%)")
+            ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=c, label=n) for n, c in colors.items()]
+    fig.legend(handles=handles, loc="upper right", title="norm")
+    fig.suptitle(f"Test accuracy per epoch (mean, band = min..max over seeds) — {label}")
+    fig.tight_layout(rect=(0, 0, 0.9, 0.95))
+    return fig
+
+
+def _plot_final_vs_batch(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: str):
+    done = runs[runs["status"] == "completed"]
+    if done.empty:
+        return None
+    models = _models(runs)
+    colors = _norm_colors(runs["norm"].unique())
+    fig, axes = plt.subplots(
+        1, len(models), figsize=(4.2 * len(models), 3.4), squeeze=False, sharey=True
+    )
+    for ax, model in zip(axes[0], models, strict=True):
+        for norm, cell in done[done["model"] == model].groupby("norm"):
+            stats = cell.groupby("batch_size")["final_test_acc"].agg(["mean", "std"])
+            ax.errorbar(
+                stats.index,
+                stats["mean"],
+                yerr=stats["std"].fillna(0),
+                marker="o",
+                capsize=3,
+                color=colors[norm],
+                label=norm,
+            )
+        ax.set_xscale("log", base=2)
+        sizes = sorted(runs["batch_size"].unique())
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.minorticks_off()
+        ax.set_title(model)
+        ax.set_xlabel("batch size")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("final test accuracy (%)")
+    handles = [plt.Line2D([], [], color=c, marker="o", label=n) for n, c in colors.items()]
+    fig.legend(handles=handles, loc="upper right", title="norm")
+    fig.suptitle(f"Final test accuracy vs batch size (mean ± std over seeds) — {label}")
+    fig.tight_layout(rect=(0, 0, 0.9, 0.93))
+    return fig
+
+
+def _plot_heatmap(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: str):
+    models = _models(runs)
+    norms, sizes = sorted(runs["norm"].unique()), sorted(runs["batch_size"].unique())
+    done = runs[runs["status"] == "completed"]
+    if done.empty:
+        return None
+    # One colour scale for all panels, spanning the results rather than 0..100.
+    low, high = done["final_test_acc"].min(), done["final_test_acc"].max()
+    fig, axes = plt.subplots(
+        1,
+        len(models),
+        figsize=(1.1 * len(sizes) * len(models) + 2, 0.6 * len(norms) + 1.8),
+        squeeze=False,
+    )
+    for ax, model in zip(axes[0], models, strict=True):
+        grid = (
+            done[done["model"] == model]
+            .pivot_table(index="norm", columns="batch_size", values="final_test_acc")
+            .reindex(index=norms, columns=sizes)
+        )
+        image = ax.imshow(grid.values.astype(float), cmap="viridis", vmin=low, vmax=high)
+        ax.set_xticks(range(len(sizes)), [str(s) for s in sizes])
+        ax.set_yticks(range(len(norms)), norms)
+        ax.set_xlabel("batch size")
+        ax.set_title(model)
+        for r, c in itertools.product(range(len(norms)), range(len(sizes))):
+            value = grid.values[r, c]
+            text = "n/a" if pd.isna(value) else f"{value:.1f}"
+            dark = pd.isna(value) or value < (low + high) / 2  # viridis is dark at the low end
+            ax.text(
+                c, r, text, ha="center", va="center", fontsize=8, color="white" if dark else "black"
+            )
+    fig.colorbar(image, ax=axes[0].tolist(), label="final test accuracy (%)")
+    fig.suptitle(f"Final test accuracy (mean over completed seeds) — {label}")
+    return fig
+
+
+# ----------------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bnstudy.results",
+        description="Summarise a folder of bnstudy runs as tables (and figures with --plot).",
+    )
+    parser.add_argument("dir", type=Path, help="a run, a sweep, or a folder of sweeps")
+    parser.add_argument("--format", choices=FORMATS, default="text", help="table format")
+    parser.add_argument("--plot", action="store_true", help="write PNG figures into DIR")
+    args = parser.parse_args(argv)
+    try:
+        runs, epochs = collect(args.dir)
+    except ResultsError as e:
+        print(f"bnstudy.results: error: {e}", file=sys.stderr)
+        return 2
+    write_atomic(args.dir / RUNS_FILE, runs.to_csv(index=False).encode())
+    write_atomic(args.dir / EPOCHS_FILE, epochs.to_csv(index=False).encode())
+    print(report(runs, args.format))
+    if args.format in ("text", "markdown"):
+        print(f"tidy tables: {args.dir / RUNS_FILE}, {args.dir / EPOCHS_FILE}")
+    if args.plot:
+        for path in plot(runs, epochs, args.dir):
+            print(f"figure: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

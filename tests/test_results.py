@@ -1,0 +1,122 @@
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from bnstudy import results
+from tests.conftest import write_run
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """2 variants × 2 batch sizes × 3 seeds, with one cell short of a seed, one failed run,
+    one diverged run and one still running."""
+    accs = {
+        ("batchnorm", 32): [90.0, 92.0, 94.0],
+        ("batchnorm", 128): [80.0, 82.0, 84.0],
+        ("affine", 32): [70.0, 71.0, 72.0],
+        ("affine", 128): [60.0, 61.0],
+    }
+    for (norm, bs), finals in accs.items():
+        for seed, final in enumerate(finals):
+            write_run(tmp_path, norm, bs, seed, [final - 10, final + 1, final])
+    write_run(tmp_path, "none", 32, 0, [10.0], status="failed", error="RuntimeError: boom")
+    write_run(tmp_path, "none", 32, 1, [10.0], status="diverged")
+    write_run(tmp_path, "none", 128, 0, [11.0, 12.0], status="running")
+    return tmp_path
+
+
+def tables(root, column):
+    runs, _ = results.collect(root)
+    [(_, group)] = list(results._settings(runs))
+    return results.accuracy_table(group, column), results.status_table(group)
+
+
+def test_collect_gathers_every_run_and_epoch(sweep):
+    runs, epochs = results.collect(sweep)
+    assert len(runs) == 14 and len(epochs) == 11 * 3 + 1 + 1 + 2
+    row = runs[(runs["norm"] == "batchnorm") & (runs["batch_size"] == 32) & (runs["seed"] == 2)]
+    assert row["final_test_acc"].item() == 94.0
+    assert row["run_dir"].item().startswith("cifar10/resnet18-w64-batchnorm-bs32-seed2-")
+
+
+def test_accuracy_cells_are_mean_std_and_n_over_seeds(sweep):
+    final, _ = tables(sweep, "final_test_acc")
+    assert final.loc["batchnorm", "bs 32"] == "92.00 ± 2.00 (n=3)"
+    assert final.loc["batchnorm", "bs 128"] == "82.00 ± 2.00 (n=3)"
+    assert final.loc["affine", "bs 128"] == "60.50 ± 0.71 (n=2)"
+    best, _ = tables(sweep, "best_test_acc")
+    assert best.loc["batchnorm", "bs 32"] == "93.00 ± 2.00 (n=3)"
+
+
+def test_cells_without_completed_runs_show_their_status(sweep):
+    final, status = tables(sweep, "final_test_acc")
+    assert final.loc["none", "bs 32"] == "diverged/failed"
+    assert final.loc["none", "bs 128"] == "running"
+    assert status.loc["affine", "bs 128"] == "2 completed, 1 missing"
+    assert status.loc["none", "bs 32"] == "1 diverged, 1 failed, 1 missing"
+    assert status.loc["batchnorm", "bs 32"] == "3 completed"
+
+
+def test_report_lists_failed_runs_and_counts(sweep):
+    runs, _ = results.collect(sweep)
+    text = results.report(runs)
+    assert "14 runs: 11 completed, 1 diverged, 1 failed, 1 running" in text
+    assert "failed: cifar10/resnet18-w64-none-bs32-seed0-" in text and "RuntimeError: boom" in text
+
+
+def test_a_grid_cell_with_no_run_at_all_is_missing(tmp_path):
+    write_run(tmp_path, "batchnorm", 32, 0, [50.0])
+    write_run(tmp_path, "affine", 64, 0, [40.0])
+    final, status = tables(tmp_path, "final_test_acc")
+    assert final.loc["batchnorm", "bs 64"] == "missing"
+    assert status.loc["affine", "bs 32"] == "missing"
+
+
+@pytest.mark.parametrize("fmt", results.FORMATS)
+def test_each_format_carries_the_same_cells(sweep, fmt):
+    runs, _ = results.collect(sweep)
+    text = results.report(runs, fmt)
+    assert "92.00 ± 2.00 (n=3)" in text or "92.00 $\\pm$ 2.00 (n=3)" in text
+    if fmt == "markdown":
+        assert "| batchnorm | 92.00 ± 2.00 (n=3) | 82.00 ± 2.00 (n=3) |" in text
+    if fmt == "latex":
+        assert "\\begin{tabular}{lrr}" in text and "batchnorm & 92.00 $\\pm$ 2.00 (n=3)" in text
+    if fmt == "csv":
+        block = text.split("\n\n")[0].split("\n", 1)[1]
+        table = pd.read_csv(pd.io.common.StringIO(block), index_col=0)
+        assert table.loc["affine", "bs 32"] == "71.00 ± 1.00 (n=3)"
+
+
+def run_results(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "bnstudy.results", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_writes_tidy_tables_and_figures(sweep):
+    result = run_results(sweep, "--plot")
+    assert result.returncode == 0, result.stderr
+    runs = pd.read_csv(sweep / "runs.csv")
+    epochs = pd.read_csv(sweep / "epochs.csv")
+    assert len(runs) == 14 and len(epochs) == 37
+    assert set(epochs.columns) >= {"run_id", "norm", "batch_size", "seed", "epoch", "test_acc"}
+    figures = sorted(p.name.split("-")[0] for p in sweep.glob("*.png"))
+    assert figures == ["curves", "final_vs_batch_size", "heatmap"]
+    for png in sweep.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert "92.00 ± 2.00 (n=3)" in result.stdout
+
+
+@pytest.mark.parametrize("make", ["nothing", "empty"])
+def test_cli_refuses_a_wrong_path_or_a_folder_without_runs(tmp_path, make):
+    target = tmp_path / "missing" if make == "nothing" else tmp_path
+    result = run_results(target)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bnstudy.results: error:")
+    assert str(target) in lines[0]
