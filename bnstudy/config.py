@@ -13,6 +13,7 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from bnstudy import records
 from bnstudy.data import DATASETS
 from bnstudy.models import RESNETS
 from bnstudy.norms import NORMS
@@ -111,14 +112,6 @@ class Config:
     seed: int = 0
 
 
-def register_configs() -> None:
-    """Put the schemas where conf/*.yaml refer to them (`defaults: [base_config]` and friends)."""
-    cs = ConfigStore.instance()
-    cs.store(name="base_config", node=Config)
-    cs.store(group="optim", name="sgd_schema", node=SGDConfig)
-    cs.store(group="optim", name="adam_schema", node=AdamConfig)
-
-
 def _choice(key: str, value: str, allowed: Any) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} is not known; choose one of: {', '.join(allowed)}")
@@ -187,3 +180,26 @@ def resolve_device(name: str) -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("device=mps but Apple MPS is not available here; use device=auto or cpu")
     return torch.device(name)
+
+
+def _run_path_resolver(*, _root_: DictConfig) -> str:
+    """`${bnstudy_run_path:}` in conf/config.yaml: the run folder of the config being run."""
+    # Resolving the hydra node here would resolve hydra.run.dir, i.e. call this again.
+    job = OmegaConf.masked_copy(_root_, [k for k in _root_ if k != "hydra"])
+    # Hydra creates the run folder right after this: refuse a bad config before it exists.
+    validate(job)
+    return records.run_path(OmegaConf.to_container(job, resolve=True))
+
+
+def register_configs() -> None:
+    """Put the schemas where conf/*.yaml refer to them, and the run-folder resolver."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="optim", name="sgd_schema", node=SGDConfig)
+    cs.store(group="optim", name="adam_schema", node=AdamConfig)
+    OmegaConf.register_new_resolver("bnstudy_run_path", _run_path_resolver, replace=True)
+
+
+# At import, not in run.py's main: launcher workers (submitit, joblib) unpickle the task and
+# compose the config without running run.py as a script, but they import this module.
+register_configs()

@@ -242,6 +242,10 @@ class RunFolder:
             except BlockingIOError:
                 yield False
                 return
+            # Temporary files left by a writer that was killed mid-write: only the lock
+            # holder writes here, so none of them is in use.
+            for stale in self.path.glob(".*.tmp*"):
+                stale.unlink(missing_ok=True)
             try:
                 yield True
             finally:

@@ -10,6 +10,9 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn
@@ -19,35 +22,28 @@ import torch
 import torchvision
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bnstudy import records
-from bnstudy.config import ConfigError, register_configs, resolve_device, validate
+from bnstudy.config import ConfigError, resolve_device, validate
 from bnstudy.data import DATASETS, DatasetError, GpuLoader, load_dataset
+from bnstudy.gpus import claim_gpu
 from bnstudy.models import build_resnet
 from bnstudy.norms import count_norm_parameters, make_norm
 from bnstudy.records import FINISHED, EpochMetrics, RecordsError, RunFolder
+from bnstudy.sweep import record_job
 from bnstudy.train import Diverged, fit, make_optimizer, make_schedule
 
 log = logging.getLogger("bnstudy")
 
+# Absolute, so Hydra finds it whichever way this module was loaded (see the end of the file).
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
 # Errors that mean "the user asked for something that cannot work": one line, exit 2.
 OUR_ERRORS = (ConfigError, DatasetError, RecordsError)
 USER_ERRORS = (HydraException, OmegaConfBaseException, *OUR_ERRORS)
-
-
-def _run_path_resolver(*, _root_: DictConfig) -> str:
-    """`${bnstudy_run_path:}` in conf/config.yaml: the run folder of the config being run."""
-    # Resolving the hydra node here would resolve hydra.run.dir, i.e. call this again.
-    job = OmegaConf.masked_copy(_root_, [k for k in _root_ if k != "hydra"])
-    # Hydra creates the run folder right after this: refuse a bad config before it exists.
-    validate(job)
-    return records.run_path(OmegaConf.to_container(job, resolve=True))
-
-
-register_configs()
-OmegaConf.register_new_resolver("bnstudy_run_path", _run_path_resolver, replace=True)
 
 
 def _now() -> str:
@@ -60,22 +56,41 @@ def _device_label(device: torch.device) -> str:
     return device.type
 
 
-def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "data": generator.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+def _restore_rng(state: dict[str, Any], generator: torch.Generator, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     generator.set_state(state["data"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def execute(cfg: DictConfig, run_dir: Path) -> str:
-    """Train and evaluate one config, recording into `run_dir`; returns the run's status."""
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    skipped: bool = False  # finished before this invocation: nothing was trained
+    error: str = ""
+
+
+@contextmanager
+def _training_device(name: str) -> Iterator[torch.device]:
+    """The device to train on; on a machine with several GPUs, one no other run holds."""
+    device = resolve_device(name)
+    if device.type != "cuda" or torch.cuda.device_count() < 2:
+        yield device
+        return
+    with claim_gpu(torch.cuda.device_count()) as index:
+        torch.cuda.set_device(index)
+        yield torch.device("cuda", index)
+
+
+def execute(cfg: DictConfig, run_dir: Path) -> Outcome:
+    """Train and evaluate one config, recording into `run_dir`."""
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
     run_id = records.run_id(config)
@@ -84,12 +99,13 @@ def execute(cfg: DictConfig, run_dir: Path) -> str:
     with folder.lock() as locked:
         if not locked:
             log.warning("%s is being run by another process; leaving it alone", run_dir)
-            return "running"
+            return Outcome("running", skipped=True)
         previous = folder.read_summary()
         if previous is not None and previous["status"] in FINISHED:
             log.info("already %s: %s (nothing to do)", previous["status"], run_dir)
-            return previous["status"]
-        return _train(cfg, config, run_id, folder, previous)
+            return Outcome(previous["status"], skipped=True, error=previous["error"])
+        with _training_device(cfg.device.name) as device:
+            return _train(cfg, config, run_id, folder, previous, device)
 
 
 def _train(
@@ -98,8 +114,8 @@ def _train(
     run_id: str,
     folder: RunFolder,
     previous: dict[str, str] | None,
-) -> str:
-    device = resolve_device(cfg.device.name)
+    device: torch.device,
+) -> Outcome:
     spec = DATASETS[cfg.dataset.name]
     train_split, test_split = load_dataset(
         cfg.dataset.name,
@@ -133,7 +149,7 @@ def _train(
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         schedule.load_state_dict(checkpoint["schedule"])
-        _restore_rng(checkpoint["rng"], generator)
+        _restore_rng(checkpoint["rng"], generator, device)
         start_epoch = checkpoint["epoch"] + 1
         # Rows written after the checkpoint belong to an epoch that will be trained again.
         rows = [r for r in folder.read_metrics() if int(r["epoch"]) < start_epoch]
@@ -182,7 +198,7 @@ def _train(
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(),
-                "rng": _rng_state(generator),
+                "rng": _rng_state(generator, device),
             }
         )
         record("running")
@@ -226,9 +242,9 @@ def _train(
         log.warning("diverged: %s; recorded as a result in %s", e, folder.path)
         record("diverged", diverged_epoch=e.epoch, error=str(e))
         folder.checkpoint_path.unlink(missing_ok=True)
-        return "diverged"
+        return Outcome("diverged", error=str(e))
     except BaseException as e:
-        record("failed", error=f"{type(e).__name__}: {e}".splitlines()[0])
+        record("failed", error=_first_line(e))
         raise
     folder.save_model(model.state_dict())
     record("completed")
@@ -239,17 +255,37 @@ def _train(
         summary["best_epoch"],
         folder.path,
     )
-    return "completed"
+    return Outcome("completed")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def _first_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}".splitlines()[0]
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> str:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    # In a sweep one run's failure must not stop the others: it is recorded (summary.csv,
+    # run.log, the sweep's ledger) and reported when the sweep ends.
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         validate(cfg)  # again, for a hydra.run.dir that does not use bnstudy_run_path
-        return execute(cfg, Path(HydraConfig.get().runtime.output_dir))
+        outcome = execute(cfg, run_dir)
     except USER_ERRORS as e:
-        # Exit here: an exception would make Hydra print the job's overrides first.
-        _exit_with(e)
+        # Missing or bad dataset files would fail every run of a sweep alike: stop at once.
+        if not in_sweep or isinstance(e, DatasetError):
+            # Exit here: an exception would make Hydra print the job's overrides first.
+            _exit_with(e)
+        log.error("run failed: %s", one_line(e))
+        outcome = Outcome("failed", error=one_line(e))
+    except Exception as e:
+        if not in_sweep:
+            raise
+        log.exception("run failed: %s", run_dir)
+        outcome = Outcome("failed", error=_first_line(e))
+    record_job(outcome.status, run_dir, outcome.error, outcome.skipped)
+    return outcome.status
 
 
 def one_line(error: BaseException) -> str:
@@ -291,4 +327,8 @@ def _exit_with(error: BaseException) -> NoReturn:
 
 
 if __name__ == "__main__":
-    cli()
+    # Call the imported module's copy: launchers (joblib, submitit) then pickle the task
+    # function by reference (bnstudy.run.main) rather than by value with all of __main__.
+    from bnstudy.run import cli as imported_cli
+
+    imported_cli()

@@ -82,3 +82,25 @@ def test_run_path_is_readable():
     cfg = plain(make_config("dataset=fashion_mnist", "norm=bnminus", "batch_size=32", "seed=3"))
     path = records.run_path(cfg)
     assert path == f"fashion_mnist/resnet18-w64-bnminus-bs32-seed3-{records.run_id(cfg)}"
+
+
+def hydra_config(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_paper_experiment_is_the_full_grid_on_cifar10():
+    cfg = hydra_config("experiment=paper")
+    params = cfg.hydra.sweeper.params
+    assert params.model.split(",") == list(RESNETS)
+    assert sorted(params.norm.split(",")) == sorted(p.stem for p in (CONF / "norm").glob("*.yaml"))
+    sizes = [int(b) for b in params.batch_size.split(",")]
+    assert min(sizes) <= 16 and max(sizes) >= 256
+    assert cfg.dataset.name == "cifar10" and cfg.paths.output_root == "outputs/paper"
+
+
+def test_slurm_preset_asks_one_gpu_and_requeues():
+    launcher = hydra_config("hydra/launcher=slurm").hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.gpus_per_node == 1 and launcher.timeout_min > 0
+    assert launcher.max_num_timeout > 0

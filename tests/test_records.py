@@ -1,0 +1,95 @@
+import csv
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bnstudy import run as run_module
+from bnstudy.gpus import claim_gpu
+from bnstudy.records import SUMMARY_COLUMNS, RecordsError, RunFolder, write_atomic
+from tests.test_config import make_config
+
+
+def test_write_atomic_replaces_whole_files_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "summary.csv"
+    write_atomic(path, b"old\n")
+    write_atomic(path, b"new\n")
+    assert path.read_bytes() == b"new\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.csv"]
+
+
+def test_a_folder_holding_another_run_is_refused(tmp_path):
+    folder = RunFolder(tmp_path)
+    folder.write_summary({"run_id": "aaaa1111", "status": "completed"})
+    folder.check_owner("aaaa1111")
+    with pytest.raises(RecordsError, match="holds run 'aaaa1111', not 'bbbb2222'"):
+        folder.check_owner("bbbb2222")
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_checkpoints_are_loaded_without_unpickling_objects(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = RunFolder(tmp_path)
+    torch.save({"epoch": 1, "payload": _Exploit()}, folder.checkpoint_path, pickle_module=pickle)
+    with pytest.raises(RecordsError, match="cannot be loaded safely"):
+        folder.load_checkpoint()
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_checkpoint_round_trip_keeps_tensors_and_rng_states(tmp_path):
+    folder = RunFolder(tmp_path)
+    state = {"epoch": 3, "model": {"w": torch.arange(4.0)}, "rng": torch.get_rng_state()}
+    folder.save_checkpoint(state)
+    loaded = folder.load_checkpoint()
+    assert loaded["epoch"] == 3 and torch.equal(loaded["model"]["w"], torch.arange(4.0))
+    assert torch.equal(loaded["rng"], state["rng"])
+
+
+def test_the_lock_keeps_a_second_process_out_and_clears_stale_temporaries(tmp_path):
+    (tmp_path / ".metrics.csv.tmp123").write_text("half a file")
+    with RunFolder(tmp_path).lock() as first:
+        assert first and not (tmp_path / ".metrics.csv.tmp123").exists()
+        code = (
+            "import sys; from pathlib import Path; from bnstudy.records import RunFolder\n"
+            f"with RunFolder(Path({str(tmp_path)!r})).lock() as ok: sys.exit(0 if ok else 3)"
+        )
+        assert subprocess.run([sys.executable, "-c", code]).returncode == 3
+    with RunFolder(tmp_path).lock() as again:
+        assert again
+
+
+def test_a_run_that_raises_is_recorded_as_failed_with_its_error(tmp_path, monkeypatch):
+    def broken_fit(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access\nsecond line")
+
+    monkeypatch.setattr(run_module, "fit", broken_fit)
+    cfg = make_config(
+        "dataset=fashion_mnist",
+        "model.width=4",
+        "device=cpu",
+        "data.train_subset=128",
+        "data.test_subset=64",
+        "batch_size=32",
+    )
+    with pytest.raises(RuntimeError):
+        run_module.execute(cfg, tmp_path)
+    with open(tmp_path / "summary.csv", newline="") as f:
+        [row] = list(csv.DictReader(f))
+    assert tuple(row) == SUMMARY_COLUMNS
+    assert row["status"] == "failed"
+    assert row["error"] == "RuntimeError: CUDA error: an illegal memory access"
+    assert row["norm"] == "batchnorm" and row["epochs_done"] == "0"
+
+
+def test_concurrent_runs_claim_different_gpus(tmp_path):
+    with claim_gpu(2, tmp_path) as first, claim_gpu(2, tmp_path) as second:
+        assert (first, second) == (0, 1)
+    with claim_gpu(2, tmp_path) as again:
+        assert again == 0  # released when the first run ended

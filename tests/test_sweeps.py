@@ -1,0 +1,161 @@
+"""Sweeps through the real CLI: grids, crash safety, failure isolation, launchers."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, TINY, run_cli
+
+pytestmark = pytest.mark.slow
+
+TIMING = {"epoch_seconds", "train_images_per_s"}
+
+
+def summaries_by_folder(root: Path) -> dict[str, dict[str, str]]:
+    rows = {}
+    for path in root.rglob("summary.csv"):
+        with open(path, newline="") as f:
+            rows[path.parent.name] = next(csv.DictReader(f))
+    return rows
+
+
+def summaries(root: Path) -> dict[tuple[str, str], dict[str, str]]:
+    """(norm, batch_size) -> summary row, for every run below root."""
+    return {(r["norm"], r["batch_size"]): r for r in summaries_by_folder(root).values()}
+
+
+def metrics(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(f)]
+
+
+def test_a_small_grid_gives_one_run_per_cell_and_a_report(tmp_path):
+    args = [
+        "-m",
+        *TINY,
+        "trainer.epochs=1",
+        "norm=batchnorm,none",
+        "batch_size=32,64",
+        f"paths.output_root={tmp_path}",
+    ]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    rows = summaries(tmp_path)
+    assert sorted(rows) == [
+        ("batchnorm", "32"),
+        ("batchnorm", "64"),
+        ("none", "32"),
+        ("none", "64"),
+    ]
+    assert {r["status"] for r in rows.values()} == {"completed"}
+    assert "sweep finished: 4 runs: 4 completed" in result.stdout
+    again = run_cli(*args)
+    assert again.returncode == 0
+    assert "sweep finished: 4 runs: 4 completed (4 already done before this sweep)" in again.stdout
+
+
+def test_kill_9_then_the_same_command_resumes_to_identical_numbers(tmp_path):
+    args = [*TINY, "trainer.epochs=4", "data.train_subset=2048", "norm=batchnorm"]
+    reference = run_cli(*args, f"paths.output_root={tmp_path / 'ref'}")
+    assert reference.returncode == 0, reference.stderr
+    [expected] = [p.parent for p in (tmp_path / "ref").rglob("summary.csv")]
+
+    root = tmp_path / "crash"
+    cmd = [sys.executable, "-m", "bnstudy.run", *args, f"paths.output_root={root}"]
+    process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    metrics_file = None
+    while time.time() < deadline:  # wait until two epochs are on disk, then kill mid-run
+        found = list(root.rglob("metrics.csv"))
+        if found and len(found[0].read_text().splitlines()) >= 3:
+            metrics_file = found[0]
+            break
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert metrics_file is not None, "the run never wrote two epochs"
+    run = metrics_file.parent
+    with open(run / "summary.csv", newline="") as f:
+        assert next(csv.DictReader(f))["status"] == "running"
+
+    resumed = run_cli(*args, f"paths.output_root={root}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    rows = metrics(run)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]  # every epoch once
+    assert rows == metrics(expected)
+    assert not (run / "checkpoint.pt").exists() and (run / "model.pt").is_file()
+    assert not list(run.glob(".*.tmp*"))
+
+
+def test_a_diverging_cell_is_a_result_and_the_others_complete(tmp_path):
+    result = run_cli(
+        "-m",
+        *TINY,
+        "norm=none",
+        "trainer.log_every=1",
+        "optim.lr=0.05,1e12",
+        f"paths.output_root={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr  # divergence is a result, not a failure
+    runs = [p.parent.name for p in tmp_path.rglob("summary.csv")]
+    statuses = sorted(r["status"] for r in summaries_by_folder(tmp_path).values())
+    assert len(runs) == 2 and statuses == ["completed", "diverged"]
+    assert "sweep finished: 2 runs: 1 completed, 1 diverged" in result.stdout
+
+
+def test_a_failing_cell_does_not_stop_the_sweep(tmp_path):
+    result = run_cli(
+        "-m",
+        *TINY,
+        "trainer.epochs=1",
+        "batch_size=1000,64",
+        "norm=batchnorm",
+        f"paths.output_root={tmp_path}",
+    )
+    assert result.returncode == 1
+    assert "sweep finished: 2 runs: 1 completed, 1 failed" in result.stdout
+    assert "failed: " in result.stdout and "batch_size=1000 exceeds" in result.stdout
+    assert summaries(tmp_path)[("batchnorm", "64")]["status"] == "completed"
+    [failed_log] = [p for p in tmp_path.rglob("run.log") if "bs1000" in str(p)]
+    assert "batch_size=1000 exceeds" in failed_log.read_text()
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_launchers_run_every_cell(tmp_path, launcher):
+    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+    result = run_cli(
+        "-m",
+        *TINY,
+        "trainer.epochs=1",
+        "norm=batchnorm,affine",
+        "batch_size=32,64",
+        f"hydra/launcher={launcher}",
+        *extra,
+        f"paths.output_root={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr
+    rows = summaries(tmp_path)
+    assert len(rows) == 4 and {r["status"] for r in rows.values()} == {"completed"}
+    assert "sweep finished: 4 runs: 4 completed" in result.stdout
+
+
+def test_paper_grid_can_be_narrowed_on_the_command_line(tmp_path):
+    result = run_cli(
+        "-m",
+        "experiment=paper",
+        *TINY,
+        "trainer.epochs=1",
+        "model=resnet18",
+        "norm=batchnorm,bnminus",
+        "batch_size=64",
+        f"paths.output_root={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(summaries(tmp_path)) == [("batchnorm", "64"), ("bnminus", "64")]
