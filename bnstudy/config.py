@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from bnstudy import records
+from bnstudy.accel import COMPILE_MODES, PRECISIONS
 from bnstudy.data import DATASETS
 from bnstudy.models import RESNETS
 from bnstudy.norms import NORMS
@@ -86,6 +87,11 @@ class TrainerConfig:
     progress: bool = True
     # Steps between looks at the running loss (bar update and non-finite check).
     log_every: int = 50
+    # Fast paths (bnstudy/accel.py); auto/null = the fastest correct choice for the device.
+    precision: str = "auto"  # auto, fp32, bf16, fp16
+    channels_last: bool | None = None
+    compile: str = "none"  # none, default, reduce-overhead (CUDA graphs), max-autotune
+    cudnn_benchmark: bool = True
 
 
 @dataclass
@@ -129,6 +135,8 @@ def _check_keys(cfg: Any) -> None:
 
     def walk(node: DictConfig, known: DictConfig, prefix: str) -> None:
         for key in node:
+            if key == "hydra" and not prefix:  # Hydra's own node, when composed with it
+                continue
             if key not in known.keys():
                 raise ConfigError(f"{prefix}{key} is not a bnstudy config key; remove it")
             child, known_child = node._get_node(key), known._get_node(key)
@@ -147,6 +155,8 @@ def validate(cfg: Any) -> None:
     _choice("optim.name", cfg.optim.name, OPTIMIZERS)
     _choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
     _choice("device.name", cfg.device.name, DEVICES)
+    _choice("trainer.precision", cfg.trainer.precision, PRECISIONS)
+    _choice("trainer.compile", cfg.trainer.compile, COMPILE_MODES)
     for key, value in [
         ("batch_size", cfg.batch_size),
         ("trainer.epochs", cfg.trainer.epochs),

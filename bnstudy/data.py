@@ -228,6 +228,7 @@ class GpuLoader:
         augment: bool = True,
         generator: torch.Generator | None = None,
         pad: int = 4,
+        memory_format: torch.memory_format = torch.contiguous_format,
     ) -> None:
         if train and generator is None:
             raise ValueError("a training loader needs a generator for shuffling")
@@ -239,6 +240,7 @@ class GpuLoader:
         self.augment = augment and train
         self.generator = generator
         self.pad = pad
+        self.memory_format = memory_format
         view = (1, -1, 1, 1)
         # (x/255 − mean)/std folded into one multiply-add.
         std = torch.tensor(spec.std, device=device).view(view)
@@ -276,6 +278,7 @@ class GpuLoader:
                 y = self.labels[idx]
             else:
                 x, y = self.images[start:stop], self.labels[start:stop]
+            x = x.contiguous(memory_format=self.memory_format)
             yield torch.addcmul(self.shift, x.float(), self.scale), y
 
 

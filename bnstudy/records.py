@@ -49,7 +49,19 @@ IDENTITY_KEYS: dict[str, str] = {
 }
 # Config keys that say where or how visibly a run happens, not what it computes: changing them
 # finds the same run folder (a run started on one GPU can finish on another).
-NON_IDENTITY_KEYS = ("paths", "device", "dataset.root", "dataset.download", "trainer.progress")
+NON_IDENTITY_KEYS = (
+    "paths",
+    "device",
+    "dataset.root",
+    "dataset.download",
+    "trainer.progress",
+    "trainer.log_every",
+    # Speed only: the same numbers up to floating-point rounding.
+    "trainer.channels_last",
+    "trainer.compile",
+    "trainer.cudnn_benchmark",
+    "data.eval_batch_size",
+)
 
 EPOCH_COLUMNS = tuple(f.name for f in fields(EpochMetrics))
 METRICS_COLUMNS = ("run_id", *IDENTITY_KEYS, *EPOCH_COLUMNS)
@@ -68,6 +80,7 @@ SUMMARY_COLUMNS = (
     "n_norm_params",
     "wall_seconds",
     "device",
+    "precision",
     "torch_version",
     "torchvision_version",
     "hydra_version",

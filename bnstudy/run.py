@@ -25,8 +25,17 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from torch import nn
 
 from bnstudy import records
+from bnstudy.accel import (
+    FastPathError,
+    FastPaths,
+    apply_global_flags,
+    make_scaler,
+    prepare_model,
+    resolve_fast_paths,
+)
 from bnstudy.config import ConfigError, resolve_device, validate
 from bnstudy.data import DATASETS, DatasetError, GpuLoader, load_dataset
 from bnstudy.gpus import claim_gpu
@@ -108,14 +117,34 @@ def execute(cfg: DictConfig, run_dir: Path) -> Outcome:
             return _train(cfg, config, run_id, folder, previous, device)
 
 
-def _train(
-    cfg: DictConfig,
-    config: dict[str, Any],
-    run_id: str,
-    folder: RunFolder,
-    previous: dict[str, str] | None,
-    device: torch.device,
-) -> Outcome:
+@dataclass
+class Parts:
+    """Everything one training needs, built from the config for one device."""
+
+    model: nn.Module  # what checkpoints save
+    train_model: nn.Module  # the same weights, maybe compiled: what steps run
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    train_loader: GpuLoader
+    test_loader: GpuLoader
+    generator: torch.Generator  # shuffling and augmentation
+    fast: FastPaths
+
+
+def build_parts(cfg: DictConfig, device: torch.device) -> Parts:
+    """Data, model, optimizer and fast paths for `cfg` on `device`, seeded by cfg.seed."""
+    try:
+        fast = resolve_fast_paths(
+            device,
+            cfg.trainer.precision,
+            cfg.trainer.channels_last,
+            cfg.trainer.compile,
+            cfg.trainer.cudnn_benchmark,
+        )
+    except FastPathError as e:
+        raise ConfigError(str(e)) from None
+    apply_global_flags(fast, device)
     spec = DATASETS[cfg.dataset.name]
     train_split, test_split = load_dataset(
         cfg.dataset.name,
@@ -134,13 +163,49 @@ def _train(
     norm = make_norm(cfg.norm.name, cfg.norm.eps, cfg.norm.momentum)
     model = build_resnet(cfg.model.name, norm, spec.channels, spec.classes, cfg.model.width)
     model.to(device)
+    train_model = prepare_model(model, fast)
     hyper = {k: v for k, v in cfg.optim.items() if k != "schedule"}
     optimizer = make_optimizer(model.parameters(), **hyper)
     schedule = make_schedule(optimizer, cfg.optim.schedule, cfg.trainer.epochs)
+    loader_args = {"device": device, "memory_format": fast.memory_format}
     train_loader = GpuLoader(
-        train_split, spec, cfg.batch_size, device, True, cfg.data.augment, generator
+        train_split,
+        spec,
+        cfg.batch_size,
+        train=True,
+        augment=cfg.data.augment,
+        generator=generator,
+        **loader_args,
     )
-    test_loader = GpuLoader(test_split, spec, cfg.data.eval_batch_size, device, False)
+    test_loader = GpuLoader(test_split, spec, cfg.data.eval_batch_size, train=False, **loader_args)
+    return Parts(
+        model,
+        train_model,
+        optimizer,
+        schedule,
+        make_scaler(fast, device),
+        train_loader,
+        test_loader,
+        generator,
+        fast,
+    )
+
+
+def _train(
+    cfg: DictConfig,
+    config: dict[str, Any],
+    run_id: str,
+    folder: RunFolder,
+    previous: dict[str, str] | None,
+    device: torch.device,
+) -> Outcome:
+    parts = build_parts(cfg, device)
+    model, optimizer, schedule, generator = (
+        parts.model,
+        parts.optimizer,
+        parts.schedule,
+        parts.generator,
+    )
 
     rows: list[dict[str, Any]] = []
     start_epoch = 1
@@ -150,6 +215,8 @@ def _train(
         optimizer.load_state_dict(checkpoint["optimizer"])
         schedule.load_state_dict(checkpoint["schedule"])
         _restore_rng(checkpoint["rng"], generator, device)
+        if parts.scaler is not None and "scaler" in checkpoint:
+            parts.scaler.load_state_dict(checkpoint["scaler"])
         start_epoch = checkpoint["epoch"] + 1
         # Rows written after the checkpoint belong to an epoch that will be trained again.
         rows = [r for r in folder.read_metrics() if int(r["epoch"]) < start_epoch]
@@ -162,6 +229,7 @@ def _train(
         "n_params": sum(p.numel() for p in model.parameters()),
         "n_norm_params": count_norm_parameters(model),
         "device": _device_label(device),
+        "precision": parts.fast.precision,
         "torch_version": torch.__version__,
         "torchvision_version": torchvision.__version__,
         "hydra_version": hydra.__version__,
@@ -199,6 +267,7 @@ def _train(
                 "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(),
                 "rng": _rng_state(generator, device),
+                **({"scaler": parts.scaler.state_dict()} if parts.scaler else {}),
             }
         )
         record("running")
@@ -227,9 +296,9 @@ def _train(
     record("running")
     try:
         fit(
-            model,
-            train_loader,
-            test_loader,
+            parts.train_model,
+            parts.train_loader,
+            parts.test_loader,
             optimizer,
             schedule,
             cfg.trainer.epochs,
@@ -237,6 +306,8 @@ def _train(
             on_epoch_end=on_epoch_end,
             log_every=cfg.trainer.log_every,
             progress=cfg.trainer.progress,
+            autocast_dtype=parts.fast.autocast_dtype,
+            scaler=parts.scaler,
         )
     except Diverged as e:
         log.warning("diverged: %s; recorded as a result in %s", e, folder.path)

@@ -52,6 +52,30 @@ def make_schedule(
     raise ValueError(f"unknown schedule {name!r}")
 
 
+def train_step(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    optimizer: torch.optim.Optimizer,
+    autocast_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One optimizer step on (x, y); returns the loss and the count of correct predictions,
+    both still on the device."""
+    with _autocast(x.device.type, autocast_dtype):
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return loss.detach(), (logits.argmax(1) == y).sum()
+
+
 def train_epoch(
     model: nn.Module,
     loader: Iterable[tuple[Tensor, Tensor]],
@@ -59,6 +83,8 @@ def train_epoch(
     epoch: int,
     log_every: int = 50,
     progress: bool = True,
+    autocast_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, float, int]:
     """One pass over `loader`; returns (mean loss, accuracy %, images). Raises Diverged."""
     model.train()
@@ -68,14 +94,10 @@ def train_epoch(
     # disable=None: the bar stays quiet when output is not a terminal (logs, CI, SLURM).
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if progress else True)
     for step, (x, y) in enumerate(bar, start=1):
-        logits = model(x)
-        loss = nn.functional.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, hits = train_step(model, x, y, optimizer, autocast_dtype, scaler)
         # Sums stay on the device; reading them back every step would stall a GPU.
-        loss_sum += loss.detach() * len(y)
-        correct += (logits.argmax(1) == y).sum()
+        loss_sum += loss * len(y)
+        correct += hits
         seen += len(y)
         if step % log_every == 0:
             running = loss_sum.item() / seen
@@ -89,15 +111,20 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]]) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (%) of `model` in eval mode over `loader`."""
     model.eval()
     loss_sum = torch.zeros((), device=_device_of(model))
     correct = torch.zeros((), dtype=torch.long, device=loss_sum.device)
     seen = 0
     for x, y in loader:
-        logits = model(x)
-        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
+        with _autocast(x.device.type, autocast_dtype):
+            logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
     return loss_sum.item() / max(seen, 1), 100.0 * correct.item() / max(seen, 1)
@@ -114,6 +141,8 @@ def fit(
     on_epoch_end: Callable[[EpochMetrics], None] | None = None,
     log_every: int = 50,
     progress: bool = True,
+    autocast_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> list[EpochMetrics]:
     """Train epochs `start_epoch..epochs`, evaluating after each; raises Diverged."""
     history = []
@@ -121,10 +150,10 @@ def fit(
         epoch_lr = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         train_loss, train_acc, images = train_epoch(
-            model, train_loader, optimizer, epoch, log_every, progress
+            model, train_loader, optimizer, epoch, log_every, progress, autocast_dtype, scaler
         )
         train_seconds = time.perf_counter() - started
-        test_loss, test_acc = evaluate(model, test_loader)
+        test_loss, test_acc = evaluate(model, test_loader, autocast_dtype)
         schedule.step()
         metrics = EpochMetrics(
             epoch=epoch,
@@ -140,6 +169,11 @@ def fit(
         if on_epoch_end is not None:
             on_epoch_end(metrics)
     return history
+
+
+def _autocast(device_type: str, dtype: torch.dtype | None) -> torch.autocast:
+    """Mixed precision in `dtype`, or plain fp32 when dtype is None."""
+    return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -84,9 +84,24 @@ def test_affine_is_gamma_times_x_plus_beta_in_train_and_eval():
 
 def test_affine_keeps_no_statistics():
     layer = AffineLayer(3)
-    layer.train()(batch())
-    assert list(layer.buffers()) == []
-    assert [n for n, _ in layer.named_parameters()] == ["weight", "bias"]
+    before = {name: b.clone() for name, b in layer.named_buffers()}
+    layer.train()(batch(0) * 5)
+    layer.train()(batch(1) - 7)
+    assert list(layer.state_dict()) == ["weight", "bias"]  # nothing else is saved
+    for name, constant in layer.named_buffers():  # the kernel's constants never move
+        assert torch.equal(constant, before[name])
+    x = batch(2)
+    torch.testing.assert_close(layer.eval()(x), layer.train()(x))
+
+
+def test_affine_is_exact_in_bf16_and_keeps_the_dtype():
+    layer = AffineLayer(3)
+    gamma, beta = set_gamma_beta(layer)
+    x = batch().bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), (gamma * x.float() + beta), rtol=1e-2, atol=1e-2)
 
 
 def test_affine_gradients_are_those_of_gamma_x_plus_beta():

@@ -1,0 +1,337 @@
+"""Training speed of bnstudy against the loop a researcher would write by hand.
+
+    python -m bnstudy.bench model=resnet18 batch_size=64 device=cpu [--steps 20] [--variants]
+
+Takes the same overrides as `bnstudy.run`. Measures steady-state training images/s (after
+warm-up steps), time per step and peak memory for bnstudy's training path and for the
+reference loop (a torchvision dataset, per-image transforms, a DataLoader, the same model and
+SGD in fp32) on the same model, data and device; prints a table with their ratio, writes it
+as CSV, and estimates the time of the full paper grid on this device. Each measurement runs in
+a fresh process, so its peak memory is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import itertools
+import multiprocessing
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from torch import nn
+
+from bnstudy.config import ConfigError, resolve_device, validate
+from bnstudy.data import DATASETS, DatasetError
+from bnstudy.models import build_resnet
+from bnstudy.norms import NORMS, make_norm
+from bnstudy.records import write_csv
+from bnstudy.run import CONF_DIR, build_parts, one_line
+from bnstudy.train import make_optimizer, train_step
+
+COLUMNS = (
+    "path", "device", "model", "width", "norm", "batch_size", "precision", "channels_last",
+    "compile", "images_per_s", "ms_per_step", "peak_memory_mb", "vs_reference",
+)  # fmt: skip
+
+
+def load_config(overrides: list[str], experiment: str | None = None) -> DictConfig:
+    """The config `python -m bnstudy.run OVERRIDES` would run, validated."""
+    extra = [f"experiment={experiment}"] if experiment else []
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, *extra], return_hydra_config=True)
+    validate(cfg)
+    return cfg
+
+
+# ------------------------------------------------------------------------ measurements
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(step: Any, device: torch.device, warmup: int, steps: int) -> float:
+    """Seconds per step over `steps` steps, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return (time.perf_counter() - started) / steps
+
+
+def measure_bnstudy(cfg: DictConfig, warmup: int, steps: int) -> dict[str, Any]:
+    """bnstudy's training path: on-device loader, fast paths, `train_step`."""
+    device = resolve_device(cfg.device.name)
+    parts = build_parts(cfg, device)
+    parts.train_model.train()
+    batches = itertools.cycle(parts.train_loader)  # epochs restart with a new permutation
+
+    def step() -> None:
+        x, y = next(batches)
+        train_step(
+            parts.train_model, x, y, parts.optimizer, parts.fast.autocast_dtype, parts.scaler
+        )
+
+    seconds = _timed(step, device, warmup, steps)
+    return {
+        "path": "bnstudy",
+        "precision": parts.fast.precision,
+        "channels_last": parts.fast.channels_last,
+        "compile": parts.fast.compile,
+        "images_per_s": cfg.batch_size / seconds,
+        "ms_per_step": 1000 * seconds,
+        "peak_memory_mb": _peak_memory_mb(device),
+        "train_images": len(parts.train_loader.images),
+    }
+
+
+def _torchvision_dataset(cfg: DictConfig, staging: Path) -> torch.utils.data.Dataset:
+    """The dataset as torchvision reads it, with the usual per-image transforms."""
+    from torchvision import datasets
+    from torchvision import transforms as T
+
+    spec = DATASETS[cfg.dataset.name]
+    size = 32 if cfg.dataset.name == "cifar10" else 28
+    transform = T.Compose(
+        [
+            T.RandomCrop(size, padding=4),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(spec.mean, spec.std),
+        ]
+    )
+    root = Path(cfg.dataset.root).expanduser()
+    if cfg.dataset.name == "cifar10":
+        parent = root.parent if root.name == datasets.CIFAR10.base_folder else root
+        dataset = datasets.CIFAR10(str(parent), train=True, transform=transform)
+    else:
+        # torchvision wants FashionMNIST/raw/<uncompressed files>; stage them from the .gz.
+        raw = staging / "FashionMNIST" / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        for name, _ in datasets.FashionMNIST.resources:
+            with gzip.open(root / name) as src, open(raw / name.removesuffix(".gz"), "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        dataset = datasets.FashionMNIST(str(staging), train=True, transform=transform)
+    if cfg.data.train_subset is not None:
+        dataset = torch.utils.data.Subset(dataset, range(cfg.data.train_subset))
+    return dataset
+
+
+def measure_reference(cfg: DictConfig, warmup: int, steps: int, workers: int) -> dict[str, Any]:
+    """The hand-written loop: torchvision dataset + transforms + DataLoader + model + SGD."""
+    device = resolve_device(cfg.device.name)
+    spec = DATASETS[cfg.dataset.name]
+    with tempfile.TemporaryDirectory() as staging:
+        dataset = _torchvision_dataset(cfg, Path(staging))
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
+        torch.manual_seed(cfg.seed)
+        norm = make_norm(cfg.norm.name, cfg.norm.eps, cfg.norm.momentum)
+        model = build_resnet(cfg.model.name, norm, spec.channels, spec.classes, cfg.model.width)
+        model.to(device).train()
+        hyper = {k: v for k, v in cfg.optim.items() if k != "schedule"}
+        optimizer = make_optimizer(model.parameters(), **hyper)
+        criterion = nn.CrossEntropyLoss()
+        batches = iter(())
+        running_loss = 0.0
+
+        def step() -> None:
+            nonlocal batches, running_loss
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                batches = iter(loader)
+                x, y = next(batches)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = criterion(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            running_loss += loss.item()  # what such loops do for their progress print
+
+        seconds = _timed(step, device, warmup, steps)
+        return {
+            "path": "reference",
+            "precision": "fp32",
+            "channels_last": False,
+            "compile": "none",
+            "images_per_s": cfg.batch_size / seconds,
+            "ms_per_step": 1000 * seconds,
+            "peak_memory_mb": _peak_memory_mb(device),
+        }
+
+
+def _in_fresh_process(function: Any, *args: Any) -> dict[str, Any]:
+    """Run a measurement in a new process: clean peak memory, no state from the last one."""
+    # An executor's worker may start DataLoader workers of its own (a Pool's may not).
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as executor:
+        return executor.submit(function, *args).result()
+
+
+def _measure_job(kind: str, overrides: list[str], warmup: int, steps: int, workers: int):
+    cfg = load_config(overrides)
+    if kind == "bnstudy":
+        row = measure_bnstudy(cfg, warmup, steps)
+    else:
+        row = measure_reference(cfg, warmup, steps, workers)
+    return {
+        "device": str(resolve_device(cfg.device.name)),
+        "model": cfg.model.name,
+        "width": cfg.model.width,
+        "norm": cfg.norm.name,
+        "batch_size": cfg.batch_size,
+        **row,
+    }
+
+
+# --------------------------------------------------------------------------- the grid
+
+
+def flops_per_image(model_name: str, cfg: DictConfig) -> float:
+    """Forward FLOPs of one image through `model_name` at the configured width."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    spec = DATASETS[cfg.dataset.name]
+    size = 32 if cfg.dataset.name == "cifar10" else 28
+    model = build_resnet(
+        model_name, make_norm(cfg.norm.name), spec.channels, spec.classes, cfg.model.width
+    )
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, spec.channels, size, size))
+    return float(counter.get_total_flops())
+
+
+def paper_grid(overrides: list[str]) -> tuple[list[str], list[str], list[int], DictConfig]:
+    """The paper grid's models, variants and batch sizes from conf/experiment/paper.yaml."""
+    cfg = load_config(overrides, experiment="paper")
+    params = cfg.hydra.sweeper.params
+    models = str(params.model).split(",")
+    norms = str(params.norm).split(",")
+    sizes = [int(b) for b in str(params.batch_size).split(",")]
+    return models, norms, sizes, cfg
+
+
+def estimate_grid_hours(measured: dict[str, Any], overrides: list[str], n_train: int) -> str:
+    """Hours for the paper grid at the measured throughput, scaled by each model's FLOPs."""
+    models, norms, sizes, cfg = paper_grid(overrides)
+    base = flops_per_image(measured["model"], cfg)
+    epochs = cfg.trainer.epochs
+    seconds = (
+        sum(
+            epochs * n_train / (measured["images_per_s"] * base / flops_per_image(model, cfg))
+            for model in models
+        )
+        * len(norms)
+        * len(sizes)
+    )
+    return (
+        f"paper grid estimate: {len(models) * len(norms) * len(sizes)} runs "
+        f"({len(models)} models × {len(norms)} norms × {len(sizes)} batch sizes) × {epochs} "
+        f"epochs × {n_train:,} images ≈ {seconds / 3600:,.1f} h on this device at "
+        f"{measured['batch_size']}-image batches (throughput scaled by each model's FLOPs; "
+        "small batch sizes run slower than this)"
+    )
+
+
+# --------------------------------------------------------------------------------- CLI
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    shown = ("path", "model", "norm", "batch_size", "precision", "channels_last",
+             "images_per_s", "ms_per_step", "peak_memory_mb", "vs_reference")  # fmt: skip
+    cells = [[str(c) for c in shown]]
+    for row in rows:
+        cells.append([
+            f"{row[c]:,.1f}" if isinstance(row[c], float) else str(row[c]) for c in shown
+        ])  # fmt: skip
+    widths = [max(len(r[i]) for r in cells) for i in range(len(shown))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bnstudy.bench",
+        description="Training speed of bnstudy vs a plain PyTorch loop. Other arguments are "
+        "bnstudy.run overrides (model=resnet50 batch_size=16 device=cpu ...).",
+    )
+    parser.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    parser.add_argument("--workers", type=int, default=2, help="reference DataLoader workers")
+    parser.add_argument("--no-reference", action="store_true", help="skip the reference loop")
+    parser.add_argument("--variants", action="store_true", help="time all four norm variants")
+    parser.add_argument("--out", type=Path, help="CSV file (default outputs/bench/...csv)")
+    args, overrides = parser.parse_known_args(argv)
+    try:
+        cfg = load_config(overrides)
+    except Exception as e:  # Hydra and OmegaConf errors, and our ConfigError
+        print(f"bnstudy.bench: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    jobs = [("bnstudy", overrides)]
+    if args.variants:
+        jobs = [("bnstudy", [*overrides, f"norm={n}"]) for n in NORMS]
+    if not args.no_reference:
+        jobs.append(("reference", overrides))
+    rows = []
+    try:
+        for kind, job_overrides in jobs:
+            rows.append(
+                _in_fresh_process(
+                    _measure_job, kind, job_overrides, args.warmup, args.steps, args.workers
+                )
+            )
+    except (ConfigError, DatasetError) as e:
+        print(f"bnstudy.bench: error: {e}", file=sys.stderr)
+        return 2
+    reference = next((r for r in rows if r["path"] == "reference"), None)
+    for row in rows:
+        row["vs_reference"] = (
+            round(row["images_per_s"] / reference["images_per_s"], 2) if reference else ""
+        )
+    print(format_table(rows))
+    if args.variants:
+        times = [r["ms_per_step"] for r in rows if r["path"] == "bnstudy"]
+        print(f"variants: slowest/fastest step time = {max(times) / min(times):.3f}")
+    print(estimate_grid_hours(rows[0], overrides, rows[0]["train_images"]))
+    out = args.out or Path(cfg.paths.output_root) / "bench" / (
+        f"{rows[0]['device']}-{cfg.model.name}-w{cfg.model.width}-bs{cfg.batch_size}.csv"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(out, COLUMNS, rows)
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    # The imported module's copy, so spawned measurement processes find `_measure_job`.
+    from bnstudy.bench import main as imported_main
+
+    sys.exit(imported_main())
