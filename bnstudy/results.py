@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import io
 import itertools
+import json
 import math
 import sys
 from collections.abc import Iterable
@@ -23,6 +24,7 @@ from bnstudy.records import (
     SUMMARY_FILE,
     write_atomic,
 )
+from bnstudy.sweep import GRID_SUFFIX, LEDGER_DIR
 
 RUNS_FILE = "runs.csv"
 EPOCHS_FILE = "epochs.csv"
@@ -78,6 +80,23 @@ def collect(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     if not epochs.empty:
         epochs = epochs.sort_values([*IDENTITY_KEYS, "epoch"]).reset_index(drop=True)
     return runs, epochs
+
+
+def asked_but_missing(root: Path, runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs that a sweep below `root` was asked for (its .sweeps/*.grid.json) but that have
+    no folder yet, as rows with status "missing"."""
+    asked = [
+        cell
+        for path in sorted(root.rglob(f"{LEDGER_DIR}/*{GRID_SUFFIX}"))
+        for cell in json.loads(path.read_text())
+    ]
+    if not asked:
+        return runs.iloc[0:0]
+    keys = list(IDENTITY_KEYS)
+    wanted = pd.DataFrame(asked)[keys].astype(runs[keys].dtypes.to_dict()).drop_duplicates()
+    present = wanted.merge(runs[keys].drop_duplicates(), on=keys, how="left", indicator=True)
+    missing = present[present["_merge"] == "left_only"].drop(columns="_merge")
+    return missing.assign(status=MISSING, run_dir="").reset_index(drop=True)
 
 
 # -------------------------------------------------------------------------------- tables
@@ -369,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     write_atomic(args.dir / RUNS_FILE, runs.to_csv(index=False).encode())
     write_atomic(args.dir / EPOCHS_FILE, epochs.to_csv(index=False).encode())
-    print(report(runs, args.format))
+    # Tables also show the runs a sweep asked for that have not started: a half-done grid.
+    print(report(pd.concat([runs, asked_but_missing(args.dir, runs)]), args.format))
     if args.format in ("text", "markdown"):
         print(f"tidy tables: {args.dir / RUNS_FILE}, {args.dir / EPOCHS_FILE}")
     if args.plot:

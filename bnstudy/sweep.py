@@ -7,6 +7,7 @@ folder, and the process that launched the sweep reads it back when the sweep end
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -15,11 +16,45 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from bnstudy import records
 
 LEDGER_ENV = "BNSTUDY_SWEEP_LEDGER"  # inherited by launcher workers and SLURM jobs
 LEDGER_DIR = ".sweeps"
+GRID_SUFFIX = ".grid.json"  # beside each ledger: the runs the sweep was asked for
+
+
+def _override_columns() -> dict[str, str]:
+    """Override key -> identity column: `norm.name` and the group choice `norm` alike."""
+    columns = {}
+    for column, key in records.IDENTITY_KEYS.items():
+        columns[key] = column
+        if key.endswith(".name"):
+            columns[key.removesuffix(".name")] = column
+    return columns
+
+
+def asked_grid(config: DictConfig) -> list[dict[str, Any]]:
+    """Identity of every run a multirun was asked for: the composed config's values, with
+    the swept ones (from hydra.sweeper.params, then the command line) expanded."""
+    job = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    base = records.identity(OmegaConf.to_container(job, resolve=True))
+    params = config.hydra.sweeper.get("params") or {}
+    texts = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    columns = _override_columns()
+    swept: dict[str, list[str]] = {}
+    for override in OverridesParser.create().parse_overrides(texts):
+        column = columns.get(override.key_or_group)
+        if column is not None:  # later (command-line) values replace the file's
+            values = override.sweep_string_iterator() if override.is_sweep_override() else None
+            swept[column] = list(values) if values is not None else [str(override.value())]
+    return [
+        {**base, **dict(zip(swept, combo, strict=True))}
+        for combo in itertools.product(*swept.values())
+    ]
 
 
 def record_job(status: str, run_dir: Path, error: str = "", skipped: bool = False) -> None:
@@ -65,7 +100,10 @@ class SweepReport(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         folder = Path(config.hydra.sweep.dir) / LEDGER_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        ledger = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl"
+        stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        grid = json.dumps(asked_grid(config), indent=1).encode()
+        records.write_atomic(folder / f"{stem}{GRID_SUFFIX}", grid)
+        ledger = folder / f"{stem}.jsonl"
         ledger.touch()
         os.environ[LEDGER_ENV] = str(ledger)
 

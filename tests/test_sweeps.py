@@ -2,6 +2,7 @@
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,6 +59,21 @@ def test_a_small_grid_gives_one_run_per_cell_and_a_report(tmp_path):
     again = run_cli(*args)
     assert again.returncode == 0
     assert "sweep finished: 4 runs: 4 completed (4 already done before this sweep)" in again.stdout
+
+    # A run the sweep asked for but that has no folder shows as missing in the results.
+    [gone] = [p.parent for p in tmp_path.rglob("summary.csv") if "-none-bs64-" in str(p)]
+    shutil.rmtree(gone)
+    shown = subprocess.run(
+        [sys.executable, "-m", "bnstudy.results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert shown.returncode == 0, shown.stderr
+    status = shown.stdout.split("status — ")[1].splitlines()
+    assert status[2].split() == ["batchnorm", "completed", "completed"]
+    assert status[3].split() == ["none", "completed", "missing"]
+    assert "4 runs: 3 completed, 1 missing" in shown.stdout
 
 
 def test_kill_9_then_the_same_command_resumes_to_identical_numbers(tmp_path):
