@@ -135,6 +135,27 @@ def run_path(config: Mapping[str, Any]) -> str:
     return f"{i['dataset']}/{name}-{run_id(config)}"
 
 
+def progress(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The summary's view of a run's epoch rows: epochs done, final and best accuracy."""
+    if not rows:
+        return {
+            "epochs_done": 0,
+            "final_test_acc": None,
+            "best_test_acc": None,
+            "best_epoch": None,
+            "final_train_loss": None,
+        }
+    accs = [float(r["test_acc"]) for r in rows]
+    best = max(range(len(accs)), key=accs.__getitem__)  # the first epoch of the best value
+    return {
+        "epochs_done": len(rows),
+        "final_test_acc": accs[-1],
+        "best_test_acc": accs[best],
+        "best_epoch": rows[best]["epoch"],
+        "final_train_loss": rows[-1]["train_loss"],
+    }
+
+
 # ------------------------------------------------------------------------- atomic files
 
 
@@ -244,6 +265,18 @@ class RunFolder:
         torch.save(state_dict, buffer)
         write_atomic(self.path / MODEL_FILE, buffer.getvalue())
         self.checkpoint_path.unlink(missing_ok=True)
+
+    def is_held(self) -> bool:
+        """Whether a live process holds this folder's lock (is training this run now)."""
+        try:
+            with open(self.path / LOCK_FILE) as f:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(f, fcntl.LOCK_UN)
+        except FileNotFoundError:
+            return False
+        except BlockingIOError:
+            return True
+        return False
 
     @contextmanager
     def lock(self) -> Iterator[bool]:

@@ -22,6 +22,7 @@ from bnstudy.records import (
     IDENTITY_KEYS,
     METRICS_FILE,
     SUMMARY_FILE,
+    RunFolder,
     write_atomic,
 )
 from bnstudy.sweep import GRID_SUFFIX, LEDGER_DIR
@@ -32,6 +33,7 @@ FORMATS = ("text", "markdown", "csv", "latex")
 # A table per setting: everything that identifies a run except the table's axes and the seeds.
 SETTING = [k for k in IDENTITY_KEYS if k not in ("norm", "batch_size", "seed")]
 MISSING = "missing"
+INTERRUPTED = "interrupted"  # status "running" but no process holds the run's lock
 
 
 class ResultsError(RuntimeError):
@@ -75,6 +77,10 @@ def collect(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             "sweep, e.g. outputs"
         )
     runs = _concat_csvs(summaries, root)
+    # "running" in a summary whose process is gone (killed, pre-empted) means interrupted.
+    for i in runs.index[runs["status"] == "running"]:
+        if not RunFolder(root / runs.at[i, "run_dir"]).is_held():
+            runs.at[i, "status"] = INTERRUPTED
     epochs = _concat_csvs(sorted(root.rglob(METRICS_FILE)), root)
     runs = runs.sort_values([*IDENTITY_KEYS]).reset_index(drop=True)
     if not epochs.empty:

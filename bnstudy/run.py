@@ -65,20 +65,6 @@ def _device_label(device: torch.device) -> str:
     return device.type
 
 
-def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "data": generator.get_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _restore_rng(state: dict[str, Any], generator: torch.Generator, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["data"])
-    if "cuda" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 @dataclass(frozen=True)
 class Outcome:
     status: str
@@ -191,6 +177,37 @@ def build_parts(cfg: DictConfig, device: torch.device) -> Parts:
     )
 
 
+def _checkpoint(parts: Parts, epoch: int, device: torch.device) -> dict[str, Any]:
+    """Everything needed to continue after `epoch` exactly as if never stopped."""
+    rng = {"torch": torch.get_rng_state(), "data": parts.generator.get_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    state = {
+        "epoch": epoch,
+        "model": parts.model.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "schedule": parts.schedule.state_dict(),
+        "rng": rng,
+    }
+    if parts.scaler is not None:
+        state["scaler"] = parts.scaler.state_dict()
+    return state
+
+
+def _restore(parts: Parts, state: dict[str, Any], device: torch.device) -> int:
+    """Load a checkpoint into `parts`; returns the epoch to start from."""
+    parts.model.load_state_dict(state["model"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.schedule.load_state_dict(state["schedule"])
+    torch.set_rng_state(state["rng"]["torch"])
+    parts.generator.set_state(state["rng"]["data"])
+    if device.type == "cuda" and "cuda" in state["rng"]:
+        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+    if parts.scaler is not None and "scaler" in state:
+        parts.scaler.load_state_dict(state["scaler"])
+    return state["epoch"] + 1
+
+
 def _train(
     cfg: DictConfig,
     config: dict[str, Any],
@@ -200,24 +217,11 @@ def _train(
     device: torch.device,
 ) -> Outcome:
     parts = build_parts(cfg, device)
-    model, optimizer, schedule, generator = (
-        parts.model,
-        parts.optimizer,
-        parts.schedule,
-        parts.generator,
-    )
-
     rows: list[dict[str, Any]] = []
     start_epoch = 1
     checkpoint = folder.load_checkpoint()
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        schedule.load_state_dict(checkpoint["schedule"])
-        _restore_rng(checkpoint["rng"], generator, device)
-        if parts.scaler is not None and "scaler" in checkpoint:
-            parts.scaler.load_state_dict(checkpoint["scaler"])
-        start_epoch = checkpoint["epoch"] + 1
+        start_epoch = _restore(parts, checkpoint, device)
         # Rows written after the checkpoint belong to an epoch that will be trained again.
         rows = [r for r in folder.read_metrics() if int(r["epoch"]) < start_epoch]
         log.info("resuming %s from epoch %d", folder.path, start_epoch)
@@ -226,8 +230,8 @@ def _train(
     summary: dict[str, Any] = {
         **ident,
         "status": "running",
-        "n_params": sum(p.numel() for p in model.parameters()),
-        "n_norm_params": count_norm_parameters(model),
+        "n_params": sum(p.numel() for p in parts.model.parameters()),
+        "n_norm_params": count_norm_parameters(parts.model),
         "device": _device_label(device),
         "precision": parts.fast.precision,
         "torch_version": torch.__version__,
@@ -241,15 +245,9 @@ def _train(
     started = time.perf_counter()
 
     def record(status: str, **extra: Any) -> None:
-        accs = [float(r["test_acc"]) for r in rows]
-        best = max(range(len(accs)), key=accs.__getitem__) if accs else None
         summary.update(
             status=status,
-            epochs_done=len(rows),
-            final_test_acc=accs[-1] if accs else None,
-            best_test_acc=accs[best] if best is not None else None,
-            best_epoch=rows[best]["epoch"] if best is not None else None,
-            final_train_loss=rows[-1]["train_loss"] if rows else None,
+            **records.progress(rows),
             wall_seconds=round(earlier_seconds + time.perf_counter() - started, 3),
             updated_at=_now(),
             **extra,
@@ -260,16 +258,7 @@ def _train(
         rows.append({**ident, **{c: getattr(m, c) for c in records.EPOCH_COLUMNS}})
         # Metrics before checkpoint: a crash in between only repeats this epoch on resume.
         folder.write_metrics(rows)
-        folder.save_checkpoint(
-            {
-                "epoch": m.epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "rng": _rng_state(generator, device),
-                **({"scaler": parts.scaler.state_dict()} if parts.scaler else {}),
-            }
-        )
+        folder.save_checkpoint(_checkpoint(parts, m.epoch, device))
         record("running")
         log.info(
             "epoch %d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%%  lr %.4g  "
@@ -299,8 +288,8 @@ def _train(
             parts.train_model,
             parts.train_loader,
             parts.test_loader,
-            optimizer,
-            schedule,
+            parts.optimizer,
+            parts.schedule,
             cfg.trainer.epochs,
             start_epoch=start_epoch,
             on_epoch_end=on_epoch_end,
@@ -317,7 +306,7 @@ def _train(
     except BaseException as e:
         record("failed", error=_first_line(e))
         raise
-    folder.save_model(model.state_dict())
+    folder.save_model(parts.model.state_dict())
     record("completed")
     log.info(
         "completed: final test acc %.2f%%, best %.2f%% (epoch %s) -> %s",

@@ -79,7 +79,7 @@ def read_ledger(path: Path) -> list[dict[str, Any]]:
 def report(entries: list[dict[str, Any]]) -> str:
     """A few lines: how many runs ended how, and where the failed ones are."""
     counts = Counter(e["status"] for e in entries)
-    skipped = sum(e["skipped"] for e in entries)
+    skipped = sum(e["skipped"] and e["status"] in records.FINISHED for e in entries)
     parts = [
         f"{counts[s]} {s}" for s in ("completed", "diverged", "failed", "running") if counts[s]
     ]

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from bnstudy import results
+from bnstudy.records import RunFolder
 from tests.conftest import write_run
 
 
@@ -53,7 +54,7 @@ def test_accuracy_cells_are_mean_std_and_n_over_seeds(sweep):
 def test_cells_without_completed_runs_show_their_status(sweep):
     final, status = tables(sweep, "final_test_acc")
     assert final.loc["none", "bs 32"] == "diverged/failed"
-    assert final.loc["none", "bs 128"] == "running"
+    assert final.loc["none", "bs 128"] == "interrupted"  # "running", but no process holds it
     assert status.loc["affine", "bs 128"] == "2 completed, 1 missing"
     assert status.loc["none", "bs 32"] == "1 diverged, 1 failed, 1 missing"
     assert status.loc["batchnorm", "bs 32"] == "3 completed"
@@ -62,8 +63,15 @@ def test_cells_without_completed_runs_show_their_status(sweep):
 def test_report_lists_failed_runs_and_counts(sweep):
     runs, _ = results.collect(sweep)
     text = results.report(runs)
-    assert "14 runs: 11 completed, 1 diverged, 1 failed, 1 running" in text
+    assert "14 runs: 11 completed, 1 diverged, 1 failed, 1 interrupted" in text
     assert "failed: cifar10/resnet18-w64-none-bs32-seed0-" in text and "RuntimeError: boom" in text
+
+
+def test_a_running_run_whose_process_holds_the_lock_shows_as_running(tmp_path):
+    path = write_run(tmp_path, "batchnorm", 32, 0, [50.0], status="running")
+    with RunFolder(path).lock():
+        runs, _ = results.collect(tmp_path)
+    assert runs["status"].tolist() == ["running"]
 
 
 def test_a_grid_cell_with_no_run_at_all_is_missing(tmp_path):
