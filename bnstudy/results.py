@@ -266,6 +266,13 @@ def _norm_colors(norms: Iterable[str]) -> dict[str, str]:
     return {n: f"C{i}" for i, n in enumerate(sorted(norms))}
 
 
+def _legend_and_title(fig, handles: list, title: str) -> None:
+    """A two-line title on top and the variants' legend to the right, clear of the panels."""
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.82, 1))
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(0.83, 0.5), title="norm")
+
+
 def _plot_curves(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: str):
     if epochs.empty:
         return None
@@ -275,7 +282,7 @@ def _plot_curves(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: str):
     fig, axes = plt.subplots(
         len(models),
         len(sizes),
-        figsize=(3.6 * len(sizes), 2.9 * len(models)),
+        figsize=(max(3.6 * len(sizes), 5.5), 2.9 * len(models) + 0.8),
         squeeze=False,
         sharey=True,
     )
@@ -285,7 +292,15 @@ def _plot_curves(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: str):
             cell = epochs[(epochs["model"] == model) & (epochs["batch_size"] == size)]
             for norm, curves in cell.groupby("norm"):
                 stats = curves.groupby("epoch")["test_acc"].agg(["mean", "min", "max"])
-                ax.plot(stats.index, stats["mean"], color=colors[norm], label=norm)
+                # Markers: a run that diverged after one epoch is still a visible point.
+                ax.plot(
+                    stats.index,
+                    stats["mean"],
+                    color=colors[norm],
+                    marker="o",
+                    markersize=3,
+                    label=norm,
+                )
                 if curves["seed"].nunique() > 1:
                     ax.fill_between(
                         stats.index, stats["min"], stats["max"], color=colors[norm], alpha=0.2
@@ -295,10 +310,9 @@ def _plot_curves(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: str):
             if j == 0:
                 ax.set_ylabel("test accuracy (%)")
             ax.grid(alpha=0.3)
-    handles = [plt.Line2D([], [], color=c, label=n) for n, c in colors.items()]
-    fig.legend(handles=handles, loc="upper right", title="norm")
-    fig.suptitle(f"Test accuracy per epoch (mean, band = min..max over seeds) — {label}")
-    fig.tight_layout(rect=(0, 0, 0.9, 0.95))
+            ax.xaxis.set_major_locator(plt.MaxNLocator(nbins=5, integer=True))
+    handles = [plt.Line2D([], [], color=c, marker="o", label=n) for n, c in colors.items()]
+    _legend_and_title(fig, handles, f"Test accuracy per epoch (band: min..max over seeds)\n{label}")
     return fig
 
 
@@ -309,7 +323,7 @@ def _plot_final_vs_batch(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: s
     models = _models(runs)
     colors = _norm_colors(runs["norm"].unique())
     fig, axes = plt.subplots(
-        1, len(models), figsize=(4.2 * len(models), 3.4), squeeze=False, sharey=True
+        1, len(models), figsize=(max(4.2 * len(models), 5.5), 4.0), squeeze=False, sharey=True
     )
     for ax, model in zip(axes[0], models, strict=True):
         for norm, cell in done[done["model"] == model].groupby("norm"):
@@ -332,9 +346,9 @@ def _plot_final_vs_batch(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: s
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("final test accuracy (%)")
     handles = [plt.Line2D([], [], color=c, marker="o", label=n) for n, c in colors.items()]
-    fig.legend(handles=handles, loc="upper right", title="norm")
-    fig.suptitle(f"Final test accuracy vs batch size (mean ± std over seeds) — {label}")
-    fig.tight_layout(rect=(0, 0, 0.9, 0.93))
+    _legend_and_title(
+        fig, handles, f"Final test accuracy vs batch size (mean ± std over seeds)\n{label}"
+    )
     return fig
 
 
@@ -349,8 +363,9 @@ def _plot_heatmap(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: str):
     fig, axes = plt.subplots(
         1,
         len(models),
-        figsize=(1.1 * len(sizes) * len(models) + 2, 0.6 * len(norms) + 1.8),
+        figsize=(max(0.75 * len(sizes) * len(models) + 2, 5.5), 0.6 * len(norms) + 2.2),
         squeeze=False,
+        constrained_layout=True,
     )
     for ax, model in zip(axes[0], models, strict=True):
         grid = (
@@ -365,13 +380,14 @@ def _plot_heatmap(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: str):
         ax.set_title(model)
         for r, c in itertools.product(range(len(norms)), range(len(sizes))):
             value = grid.values[r, c]
+            # No completed run: the cell stays blank white, so dark text on it.
             text = "n/a" if pd.isna(value) else f"{value:.1f}"
-            dark = pd.isna(value) or value < (low + high) / 2  # viridis is dark at the low end
+            dark = not pd.isna(value) and value < (low + high) / 2  # viridis is dark down low
             ax.text(
                 c, r, text, ha="center", va="center", fontsize=8, color="white" if dark else "black"
             )
     fig.colorbar(image, ax=axes[0].tolist(), label="final test accuracy (%)")
-    fig.suptitle(f"Final test accuracy (mean over completed seeds) — {label}")
+    fig.suptitle(f"Final test accuracy (mean over completed seeds)\n{label}", fontsize=10)
     return fig
 
 
