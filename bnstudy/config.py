@@ -19,7 +19,6 @@ from bnstudy.data import DATASETS
 from bnstudy.models import RESNETS
 from bnstudy.norms import NORMS
 
-OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -80,6 +79,10 @@ class AdamConfig:
     schedule: str = "cosine"
 
 
+# The optim group's choices and their schemas (conf/optim/<name>.yaml).
+OPTIMIZERS = {"sgd": SGDConfig, "adam": AdamConfig}
+
+
 @dataclass
 class TrainerConfig:
     epochs: int = 100
@@ -130,7 +133,7 @@ def _at_least(key: str, value: float | None, low: float) -> None:
 
 def _check_keys(cfg: Any) -> None:
     """Refuse keys the schema lacks, including ones added with Hydra's `+key=value`."""
-    optim_schema = {"sgd": SGDConfig, "adam": AdamConfig}.get(cfg.optim.name, dict)
+    optim_schema = OPTIMIZERS.get(cfg.optim.name, dict)
     schema = OmegaConf.structured(Config(optim=optim_schema()))
 
     def walk(node: DictConfig, known: DictConfig, prefix: str) -> None:
@@ -205,8 +208,8 @@ def register_configs() -> None:
     """Put the schemas where conf/*.yaml refer to them, and the run-folder resolver."""
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    cs.store(group="optim", name="sgd_schema", node=SGDConfig)
-    cs.store(group="optim", name="adam_schema", node=AdamConfig)
+    for name, schema in OPTIMIZERS.items():
+        cs.store(group="optim", name=f"{name}_schema", node=schema)
     OmegaConf.register_new_resolver("bnstudy_run_path", _run_path_resolver, replace=True)
 
 

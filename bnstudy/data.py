@@ -253,11 +253,6 @@ class GpuLoader:
         # which matters in a study of batch size (and BatchNorm needs more than one).
         return n // self.batch_size if self.train else -(-n // self.batch_size)
 
-    @property
-    def num_images(self) -> int:
-        """Images seen in one pass (training drops the last partial batch)."""
-        return len(self) * self.batch_size if self.train else len(self.images)
-
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         n = len(self.images)
         if self.train:

@@ -88,7 +88,6 @@ SUMMARY_COLUMNS = (
     "started_at",
     "updated_at",
 )
-STATUSES = ("running", "completed", "diverged", "failed")
 FINISHED = ("completed", "diverged")  # a rerun of these is a no-op
 
 METRICS_FILE = "metrics.csv"

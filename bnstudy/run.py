@@ -365,7 +365,8 @@ def one_line(error: BaseException) -> str:
             text = f"{text} {first}"
         if key and key not in text:
             text = f"{text} (key: {key})"
-    options = getattr(error, "options", None)
+    # Hydra lists the group's schemas (optim/sgd_schema) too; they are not choices.
+    options = [o for o in getattr(error, "options", None) or [] if not o.endswith("_schema")]
     if options:
         text = f"{text}; choose one of: {', '.join(sorted(options))}"
     return text

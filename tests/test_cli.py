@@ -116,6 +116,7 @@ def test_works_from_another_directory(tmp_path):
         (["model.widht=8"], "Key 'widht' not in 'ModelConfig'"),
         (["batch_size=abc"], "batch_size"),
         (["norm=layernorm"], "norm/layernorm'; choose one of: affine, batchnorm, bnminus, none"),
+        (["optim=rmsprop"], "optim/rmsprop'; choose one of: adam, sgd"),
         (["batch_size=0"], "batch_size=0 is impossible"),
         (["optim.lr=-1"], "optim.lr=-1.0 is impossible"),
         (["device=cuda"], "device=cuda but PyTorch sees no CUDA GPU"),
