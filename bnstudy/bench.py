@@ -32,11 +32,10 @@ from torch import nn
 
 from bnstudy.config import ConfigError, resolve_device, validate
 from bnstudy.data import DATASETS, DatasetError
-from bnstudy.models import build_resnet
-from bnstudy.norms import NORMS, make_norm
+from bnstudy.norms import NORMS
 from bnstudy.records import write_csv
-from bnstudy.run import CONF_DIR, build_parts, one_line
-from bnstudy.train import make_optimizer, train_step
+from bnstudy.run import CONF_DIR, build_model, build_optimizer, build_parts, one_line
+from bnstudy.train import train_step
 
 COLUMNS = (
     "path", "device", "model", "width", "norm", "batch_size", "precision", "channels_last",
@@ -111,10 +110,9 @@ def _torchvision_dataset(cfg: DictConfig, staging: Path) -> torch.utils.data.Dat
     from torchvision import transforms as T
 
     spec = DATASETS[cfg.dataset.name]
-    size = 32 if cfg.dataset.name == "cifar10" else 28
     transform = T.Compose(
         [
-            T.RandomCrop(size, padding=4),
+            T.RandomCrop(spec.size, padding=4),
             T.RandomHorizontalFlip(),
             T.ToTensor(),
             T.Normalize(spec.mean, spec.std),
@@ -140,7 +138,6 @@ def _torchvision_dataset(cfg: DictConfig, staging: Path) -> torch.utils.data.Dat
 def measure_reference(cfg: DictConfig, warmup: int, steps: int, workers: int) -> dict[str, Any]:
     """The hand-written loop: torchvision dataset + transforms + DataLoader + model + SGD."""
     device = resolve_device(cfg.device.name)
-    spec = DATASETS[cfg.dataset.name]
     with tempfile.TemporaryDirectory() as staging:
         dataset = _torchvision_dataset(cfg, Path(staging))
         loader = torch.utils.data.DataLoader(
@@ -153,11 +150,8 @@ def measure_reference(cfg: DictConfig, warmup: int, steps: int, workers: int) ->
             persistent_workers=workers > 0,
         )
         torch.manual_seed(cfg.seed)
-        norm = make_norm(cfg.norm.name, cfg.norm.eps, cfg.norm.momentum)
-        model = build_resnet(cfg.model.name, norm, spec.channels, spec.classes, cfg.model.width)
-        model.to(device).train()
-        hyper = {k: v for k, v in cfg.optim.items() if k != "schedule"}
-        optimizer = make_optimizer(model.parameters(), **hyper)
+        model = build_model(cfg).to(device).train()
+        optimizer = build_optimizer(cfg, model)
         criterion = nn.CrossEntropyLoss()
         batches = iter(())
         running_loss = 0.0
@@ -220,13 +214,10 @@ def flops_per_image(model_name: str, cfg: DictConfig) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     spec = DATASETS[cfg.dataset.name]
-    size = 32 if cfg.dataset.name == "cifar10" else 28
-    model = build_resnet(
-        model_name, make_norm(cfg.norm.name), spec.channels, spec.classes, cfg.model.width
-    )
+    model = build_model(cfg, model_name)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        model(torch.zeros(1, spec.channels, size, size))
+        model(torch.zeros(1, spec.channels, spec.size, spec.size))
     return float(counter.get_total_flops())
 
 

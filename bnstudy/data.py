@@ -37,6 +37,7 @@ class Split:
 
 @dataclass(frozen=True)
 class DatasetSpec:
+    size: int  # images are size × size
     channels: int
     classes: int
     # Per-channel mean/std of the training images in [0, 1], used to normalize inputs.
@@ -189,8 +190,10 @@ def _download(url: str, root: Path, name: str, md5: str) -> None:
 
 # The one list of datasets: conf/dataset/*.yaml offer exactly these names.
 DATASETS: dict[str, DatasetSpec] = {
-    "cifar10": DatasetSpec(3, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), read_cifar10),
-    "fashion_mnist": DatasetSpec(1, 10, (0.2860,), (0.3530,), read_fashion_mnist),
+    "cifar10": DatasetSpec(
+        32, 3, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), read_cifar10
+    ),
+    "fashion_mnist": DatasetSpec(28, 1, 10, (0.2860,), (0.3530,), read_fashion_mnist),
 }
 
 

@@ -118,6 +118,19 @@ class Parts:
     fast: FastPaths
 
 
+def build_model(cfg: DictConfig, model_name: str | None = None) -> nn.Module:
+    """The configured ResNet (or `model_name` at the same width) with the configured norm."""
+    spec = DATASETS[cfg.dataset.name]
+    norm = make_norm(cfg.norm.name, cfg.norm.eps, cfg.norm.momentum)
+    name = model_name or cfg.model.name
+    return build_resnet(name, norm, spec.channels, spec.classes, cfg.model.width)
+
+
+def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    hyper = {k: v for k, v in cfg.optim.items() if k != "schedule"}
+    return make_optimizer(model.parameters(), **hyper)
+
+
 def build_parts(cfg: DictConfig, device: torch.device) -> Parts:
     """Data, model, optimizer and fast paths for `cfg` on `device`, seeded by cfg.seed."""
     try:
@@ -146,12 +159,9 @@ def build_parts(cfg: DictConfig, device: torch.device) -> Parts:
         )
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    norm = make_norm(cfg.norm.name, cfg.norm.eps, cfg.norm.momentum)
-    model = build_resnet(cfg.model.name, norm, spec.channels, spec.classes, cfg.model.width)
-    model.to(device)
+    model = build_model(cfg).to(device)
     train_model = prepare_model(model, fast)
-    hyper = {k: v for k, v in cfg.optim.items() if k != "schedule"}
-    optimizer = make_optimizer(model.parameters(), **hyper)
+    optimizer = build_optimizer(cfg, model)
     schedule = make_schedule(optimizer, cfg.optim.schedule, cfg.trainer.epochs)
     loader_args = {"device": device, "memory_format": fast.memory_format}
     train_loader = GpuLoader(
