@@ -1,7 +1,10 @@
 """Fast paths: mixed precision, channels_last, cudnn.benchmark and torch.compile.
 
-Each is a `trainer.*` key whose default ("auto"/null) picks the fastest correct choice for the
-device; a choice that cannot work on the device is refused with a ConfigError.
+Each is a `trainer.*` key. On a GPU the defaults ("auto"/null) pick the fastest choice; on the
+CPU they pick what gives the same numbers on every x86 machine (fp32, NCHW), since the fast CPU
+choices depend on the processor: bf16 is native on some CPUs and emulated on others (and rounds
+differently), and oneDNN's channels_last convolutions hang or crash on AVX2-only CPUs at small
+channel counts. A choice that cannot work on the device is refused with a FastPathError.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# oneDNN's channels_last convolution backward hangs or crashes (SIGSEGV, SIGABRT, SIGBUS) on
+# AVX2-only CPUs when a layer has fewer than 8 channels (shared/repro/avx2_conv_backward.py).
+CPU_CHANNELS_LAST_MIN_WIDTH = 8
 
 
 class FastPathError(ValueError):
@@ -39,11 +45,16 @@ class FastPaths:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
 
-def _cpu_has_bf16() -> bool:
-    try:  # oneDNN's own check for native bf16 (AVX512-BF16 / AMX); private, so guarded
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """The precision a run computes in: "auto" becomes bf16 (or fp16) on CUDA, fp32 elsewhere.
+
+    This resolved value, never "auto", is part of a run's identity.
+    """
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
 
 
 def resolve_fast_paths(
@@ -52,21 +63,15 @@ def resolve_fast_paths(
     channels_last: bool | None = None,
     compile: str = "none",
     cudnn_benchmark: bool = True,
+    width: int = 64,
 ) -> FastPaths:
-    """Turn the trainer's fast-path keys into concrete choices for `device`."""
+    """Turn the trainer's fast-path keys into concrete choices for `device` and a model of
+    first-stage `width`."""
     if precision not in PRECISIONS:
         raise FastPathError(f"trainer.precision={precision!r}; choose one of {PRECISIONS}")
     if compile not in COMPILE_MODES:
         raise FastPathError(f"trainer.compile={compile!r}; choose one of {COMPILE_MODES}")
-    if precision == "auto":
-        if device.type == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        elif device.type == "cpu":
-            # bf16 halves the step time where the CPU computes it natively, and costs
-            # a lot where it is emulated.
-            precision = "bf16" if _cpu_has_bf16() else "fp32"
-        else:
-            precision = "fp32"
+    precision = resolve_precision(device, precision)
     if precision == "fp16" and device.type != "cuda":
         raise FastPathError(
             f"trainer.precision=fp16 needs CUDA (its loss scaling); on {device.type} use bf16 "
@@ -79,8 +84,15 @@ def resolve_fast_paths(
             "trainer.compile=reduce-overhead captures CUDA graphs and needs CUDA; use default"
         )
     if channels_last is None:
-        # NHWC feeds tensor cores on CUDA and oneDNN's fastest convolutions on the CPU.
-        channels_last = device.type in ("cuda", "cpu")
+        # NHWC feeds tensor cores on CUDA. On the CPU it measured within noise of NCHW (ResNet18
+        # width 64 fp32 on an AVX2 CPU: 13.1 vs 12.1 images/s) and is the layout that crashes.
+        channels_last = device.type == "cuda"
+    if channels_last and device.type == "cpu" and width < CPU_CHANNELS_LAST_MIN_WIDTH:
+        raise FastPathError(
+            f"trainer.channels_last=true on the CPU needs model.width >= "
+            f"{CPU_CHANNELS_LAST_MIN_WIDTH} (oneDNN's channels_last convolutions crash on AVX2 "
+            f"CPUs below that, here model.width={width}); use trainer.channels_last=false"
+        )
     return FastPaths(precision, channels_last, compile, cudnn_benchmark)
 
 

@@ -32,9 +32,11 @@ from torch import nn
 
 from bnstudy.config import ConfigError, resolve_device, validate
 from bnstudy.data import DATASETS, DatasetError
+from bnstudy.errors import one_line
 from bnstudy.norms import NORMS
+from bnstudy.parts import build_model, build_optimizer, build_parts
 from bnstudy.records import write_csv
-from bnstudy.run import CONF_DIR, build_model, build_optimizer, build_parts, one_line
+from bnstudy.run import CONF_DIR
 from bnstudy.train import train_step
 
 COLUMNS = (

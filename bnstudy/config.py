@@ -1,11 +1,14 @@
 """The config schema (Hydra structured configs) and the checks OmegaConf cannot express.
 
 OmegaConf refuses unknown keys and wrong types while Hydra composes the config; `validate`
-refuses impossible values (a batch size of 0, an unknown model) before anything is built.
+refuses impossible values (a batch size of 0, an unknown model, a NaN learning rate) before
+anything is built. bnstudy/preflight.py runs it, with the checks that read files, before a run
+folder exists.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,14 +16,14 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from bnstudy import records
-from bnstudy.accel import COMPILE_MODES, PRECISIONS
+from bnstudy.accel import COMPILE_MODES, PRECISIONS, FastPathError, resolve_fast_paths
 from bnstudy.data import DATASETS
 from bnstudy.models import RESNETS
 from bnstudy.norms import NORMS
 
 SCHEDULES = ("cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
 
 
 class ConfigError(ValueError):
@@ -90,7 +93,8 @@ class TrainerConfig:
     progress: bool = True
     # Steps between looks at the running loss (bar update and non-finite check).
     log_every: int = 50
-    # Fast paths (bnstudy/accel.py); auto/null = the fastest correct choice for the device.
+    # Fast paths (bnstudy/accel.py). auto/null: bf16 + channels_last on CUDA; on the CPU fp32 +
+    # NCHW, the same numbers on every x86 machine.
     precision: str = "auto"  # auto, fp32, bf16, fp16
     channels_last: bool | None = None
     compile: str = "none"  # none, default, reduce-overhead (CUDA graphs), max-autotune
@@ -171,13 +175,47 @@ def validate(cfg: Any) -> None:
     ]:
         _at_least(key, value, 1)
     _at_least("seed", cfg.seed, 0)
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"optim.lr={cfg.optim.lr} is impossible; the learning rate must be > 0")
-    if cfg.norm.eps <= 0:
-        raise ConfigError(f"norm.eps={cfg.norm.eps} is impossible; it must be > 0")
-    if not 0 <= cfg.norm.momentum <= 1:
-        raise ConfigError(f"norm.momentum={cfg.norm.momentum} is impossible; it must be in [0, 1]")
-    resolve_device(cfg.device.name)
+    if cfg.seed > MAX_SEED:
+        raise ConfigError(f"seed={cfg.seed} is too large; it must be in 0..{MAX_SEED}")
+    _positive("optim.lr", cfg.optim.lr)
+    _positive("norm.eps", cfg.norm.eps)
+    _within("norm.momentum", cfg.norm.momentum, 0, 1)
+    _within("optim.weight_decay", cfg.optim.weight_decay, 0, math.inf)
+    if cfg.optim.name == "sgd":
+        _within("optim.momentum", cfg.optim.momentum, 0, math.inf)
+        if cfg.optim.nesterov and cfg.optim.momentum == 0:
+            raise ConfigError(
+                "optim.nesterov=true needs optim.momentum > 0; set a momentum or nesterov=false"
+            )
+    if cfg.optim.name == "adam":
+        for key in ("beta1", "beta2"):
+            value = cfg.optim[key]
+            if not (math.isfinite(value) and 0 <= value < 1):
+                raise ConfigError(f"optim.{key}={value} is impossible; it must be in [0, 1)")
+    device = resolve_device(cfg.device.name)
+    try:
+        resolve_fast_paths(
+            device,
+            cfg.trainer.precision,
+            cfg.trainer.channels_last,
+            cfg.trainer.compile,
+            cfg.trainer.cudnn_benchmark,
+            cfg.model.width,
+        )
+    except FastPathError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _positive(key: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{key}={value} is impossible; it must be a finite number > 0")
+
+
+def _within(key: str, value: float, low: float, high: float) -> None:
+    """`value` finite and in [low, high]."""
+    if not (math.isfinite(value) and low <= value <= high):
+        bound = f">= {low}" if high == math.inf else f"in [{low}, {high}]"
+        raise ConfigError(f"{key}={value} is impossible; it must be a finite number {bound}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -195,22 +233,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _run_path_resolver(*, _root_: DictConfig) -> str:
-    """`${bnstudy_run_path:}` in conf/config.yaml: the run folder of the config being run."""
-    # Resolving the hydra node here would resolve hydra.run.dir, i.e. call this again.
-    job = OmegaConf.masked_copy(_root_, [k for k in _root_ if k != "hydra"])
-    # Hydra creates the run folder right after this: refuse a bad config before it exists.
-    validate(job)
-    return records.run_path(OmegaConf.to_container(job, resolve=True))
-
-
 def register_configs() -> None:
-    """Put the schemas where conf/*.yaml refer to them, and the run-folder resolver."""
+    """Put the schemas where conf/*.yaml refer to them."""
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     for name, schema in OPTIMIZERS.items():
         cs.store(group="optim", name=f"{name}_schema", node=schema)
-    OmegaConf.register_new_resolver("bnstudy_run_path", _run_path_resolver, replace=True)
 
 
 # At import, not in run.py's main: launcher workers (submitit, joblib) unpickle the task and

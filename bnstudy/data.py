@@ -10,10 +10,13 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import math
 import pickle
 import struct
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +51,7 @@ class DatasetSpec:
 
 # ---------------------------------------------------------------- Fashion-MNIST (idx .gz files)
 
-_IDX_IMAGES_MAGIC = 0x0803
-_IDX_LABELS_MAGIC = 0x0801
+_IDX_MAX_DIMS = 4  # images are 3-d, labels 1-d; a larger count is a damaged header
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -58,18 +60,25 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as e:
-        raise DatasetError(f"{path}: cannot read ({e}); delete it and fetch it again") from e
+    except (OSError, EOFError, zlib.error) as e:  # flipped bytes end in zlib's own error
+        raise DatasetError(f"{path}: cannot read ({e}); delete it and fetch it again") from None
     if len(data) < 4:
-        raise DatasetError(f"{path}: too short to be an idx file")
+        raise DatasetError(f"{path}: too short to be an idx file; delete it and fetch it again")
     magic = struct.unpack(">I", data[:4])[0]
     if magic >> 8 != 0x08:  # 0x08 = unsigned byte payload
         raise DatasetError(f"{path}: not an idx file of unsigned bytes (magic {magic:#x})")
     ndim = magic & 0xFF
+    if not 1 <= ndim <= _IDX_MAX_DIMS or len(data) < 4 + 4 * ndim:
+        raise DatasetError(
+            f"{path}: damaged idx header ({ndim} dimensions); delete it and fetch it again"
+        )
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     payload = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if payload.size != int(np.prod(shape)):
-        raise DatasetError(f"{path}: header says {shape} but holds {payload.size} bytes")
+    if payload.size != math.prod(shape):
+        raise DatasetError(
+            f"{path}: header says {shape} but holds {payload.size} bytes; delete it and fetch "
+            "it again"
+        )
     return payload.reshape(shape)
 
 
@@ -132,8 +141,11 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetError(
             f"{path}: {e}; this file was altered, delete it and download again"
         ) from None
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
-        raise DatasetError(f"{path}: not a CIFAR-10 python batch ({e}); delete it") from e
+    except Exception as e:  # unpickling damaged bytes raises almost any kind of error
+        raise DatasetError(
+            f"{path}: not a CIFAR-10 python batch ({type(e).__name__}); delete it and download "
+            "again"
+        ) from None
     if not isinstance(batch, dict):
         raise DatasetError(f"{path}: not a CIFAR-10 python batch (no dict inside)")
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
@@ -201,9 +213,25 @@ def load_dataset(
     name: str, root: str | Path, download: bool, train_subset: int | None, test_subset: int | None
 ) -> tuple[Split, Split]:
     """Read dataset `name` from `root` and keep the first N images of each split when asked."""
-    root = Path(root).expanduser()
-    train, test = DATASETS[name].read(root, download)
+    train, test = _read(name, Path(root).expanduser(), download)
     return _first(train, train_subset), _first(test, test_subset)
+
+
+@lru_cache(maxsize=1)
+def _read(name: str, root: Path, download: bool) -> tuple[Split, Split]:
+    """Both splits, checked; kept for the next call: the pre-run check reads the files and the
+    run (or the next run of a sweep) uses them without reading again."""
+    spec = DATASETS[name]
+    splits = spec.read(root, download)
+    for split, which in zip(splits, ("training", "test"), strict=True):
+        labels = split.labels
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= spec.classes):
+            raise DatasetError(
+                f"{root}: {which} labels of {name} lie outside 0..{spec.classes - 1} (found "
+                f"{int(labels.min())}..{int(labels.max())}); the files are damaged, fetch them "
+                "again"
+            )
+    return splits
 
 
 def _first(split: Split, n: int | None) -> Split:
@@ -276,7 +304,9 @@ class GpuLoader:
                 y = self.labels[idx]
             else:
                 x, y = self.images[start:stop], self.labels[start:stop]
-            x = x.contiguous(memory_format=self.memory_format)
+            # clone, not contiguous: a 1-channel crop has channels_last strides that count as
+            # contiguous, and convolutions would then run channels_last (the AVX2 crash).
+            x = x.clone(memory_format=self.memory_format)
             yield torch.addcmul(self.shift, x.float(), self.scale), y
 
 

@@ -13,8 +13,9 @@ import hashlib
 import io
 import json
 import os
+import warnings
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -159,13 +160,25 @@ def progress(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that readers (and crashes) see old or new, never half."""
+    """Replace `path` with `data` so that readers (and crashes) see old or new, never half.
+
+    A write that fails (disk full, no permission) leaves the old file and no temporary behind,
+    and raises RecordsError naming the file.
+    """
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise RecordsError(
+            f"cannot write {path}: {e.strerror or e}; free some space or make the folder "
+            "writable, or choose another paths.output_root"
+        ) from e
 
 
 def write_csv(path: Path, columns: tuple[str, ...], rows: list[Mapping[str, Any]]) -> None:
@@ -245,24 +258,43 @@ class RunFolder:
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         """The last checkpoint, loaded with weights_only=True: tensors and plain data only."""
+        import pickle
+
         import torch
 
         if not self.checkpoint_path.is_file():
             return None
         try:
-            return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises several kinds for corrupt or unsafe files
+            with warnings.catch_warnings():  # torch warns about files it then refuses anyway
+                warnings.simplefilter("ignore")
+                state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # torch's message advises weights_only=False, i.e. running the file's code: never.
             raise RecordsError(
-                f"{self.checkpoint_path}: cannot be loaded safely ({e}); delete it to restart"
-            ) from e
+                f"{self.checkpoint_path}: refused: it holds objects other than tensors and plain "
+                "data (not a bnstudy checkpoint, or tampered with); delete it to restart the run"
+            ) from None
+        except Exception as e:  # torch raises several kinds for truncated or corrupt files
+            raise RecordsError(
+                f"{self.checkpoint_path}: cannot be read ({type(e).__name__}: corrupt or "
+                "truncated); delete it to restart the run"
+            ) from None
+        if not isinstance(state, dict):
+            raise RecordsError(
+                f"{self.checkpoint_path}: not a bnstudy checkpoint; delete it to restart the run"
+            )
+        return state
 
     def save_model(self, state_dict: dict[str, Any]) -> None:
-        """Keep the final weights and drop the checkpoint (it also holds optimizer state)."""
+        """Keep the final weights (the checkpoint goes only once the summary says completed)."""
         import torch
 
         buffer = io.BytesIO()
         torch.save(state_dict, buffer)
         write_atomic(self.path / MODEL_FILE, buffer.getvalue())
+
+    def drop_checkpoint(self) -> None:
+        """Remove the checkpoint of a finished run (it also holds the optimizer state)."""
         self.checkpoint_path.unlink(missing_ok=True)
 
     def is_held(self) -> bool:

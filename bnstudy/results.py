@@ -8,20 +8,23 @@ and a status table, and with --plot writes PNG figures. Reads records without im
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import itertools
 import json
 import math
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pandas as pd
 
 from bnstudy.records import (
+    EPOCH_COLUMNS,
     IDENTITY_KEYS,
     METRICS_FILE,
     SUMMARY_FILE,
+    RecordsError,
     RunFolder,
     write_atomic,
 )
@@ -43,15 +46,58 @@ class ResultsError(RuntimeError):
 # ------------------------------------------------------------------------------- collect
 
 
-def _concat_csvs(paths: list[Path], root: Path) -> pd.DataFrame:
+def _warn(message: str) -> None:
+    print(f"bnstudy.results: warning: {message}", file=sys.stderr)
+
+
+def _problem(text: str, required: tuple[str, ...], numeric: tuple[str, ...], one_row: bool):
+    """Why a record file cannot be used (None if it can): a damaged file is left out whole."""
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        return "empty file"
+    header, body = rows[0], rows[1:]
+    absent = [c for c in required if c not in header]
+    if absent:
+        return f"not a bnstudy record (no column {', '.join(absent)})"
+    if not body:
+        return "header only, no rows"
+    if one_row and len(body) != 1:
+        return f"{len(body)} rows where one is expected"
+    where = [header.index(c) for c in numeric]
+    for n, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            return f"line {n} has {len(row)} fields, the header {len(header)}"
+        for i in where:
+            try:
+                float(row[i])
+            except ValueError:
+                return f"line {n}: {header[i]}={row[i]!r} is not a number"
+    return None
+
+
+def _concat_csvs(
+    paths: list[Path],
+    root: Path,
+    required: tuple[str, ...],
+    numeric: tuple[str, ...] = (),
+    one_row: bool = False,
+    warn: Callable[[str], None] = _warn,
+) -> pd.DataFrame:
     """Read many small CSVs as one: files with one header are concatenated as text first,
-    which is far faster than a DataFrame per file (1,000 runs in well under a second)."""
+    which is far faster than a DataFrame per file (1,000 runs in well under a second).
+    A file that is damaged (garbage, header only, a malformed row) is reported and left out."""
     by_header: dict[str, list[str]] = {}
     for path in paths:
-        text = path.read_text()
-        header, _, body = text.partition("\n")
-        if not header:
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            warn(f"{path}: cannot be read ({type(e).__name__}); left out")
             continue
+        problem = _problem(text, required, numeric, one_row)
+        if problem is not None:
+            warn(f"{path}: {problem}; left out")
+            continue
+        header, _, body = text.partition("\n")
         rel = path.parent.relative_to(root).as_posix() or "."
         lines = [f"{line},{_quote(rel)}" for line in body.splitlines() if line]
         by_header.setdefault(header, []).extend(lines)
@@ -66,8 +112,9 @@ def _quote(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
-def collect(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every run below `root`: (runs, one row per run; epochs, one row per run and epoch)."""
+def collect(root: Path, warn: Callable[[str], None] = _warn) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every run below `root`: (runs, one row per run; epochs, one row per run and epoch).
+    Damaged record files are reported through `warn` and left out."""
     if not root.is_dir():
         raise ResultsError(f"{root} is not a folder; give the output folder of a run or sweep")
     summaries = sorted(root.rglob(SUMMARY_FILE))
@@ -76,26 +123,41 @@ def collect(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             f"no runs under {root} (no {SUMMARY_FILE} found); give paths.output_root of a run or "
             "sweep, e.g. outputs"
         )
-    runs = _concat_csvs(summaries, root)
+    runs = _concat_csvs(
+        summaries, root, ("run_id", *IDENTITY_KEYS, "status"), one_row=True, warn=warn
+    )
+    if runs.empty:
+        raise ResultsError(f"no readable {SUMMARY_FILE} under {root}; see the warnings above")
     # "running" in a summary whose process is gone (killed, pre-empted) means interrupted.
     for i in runs.index[runs["status"] == "running"]:
         if not RunFolder(root / runs.at[i, "run_dir"]).is_held():
             runs.at[i, "status"] = INTERRUPTED
-    epochs = _concat_csvs(sorted(root.rglob(METRICS_FILE)), root)
+    epochs = _concat_csvs(
+        sorted(root.rglob(METRICS_FILE)),
+        root,
+        ("run_id", *IDENTITY_KEYS, *EPOCH_COLUMNS),
+        numeric=EPOCH_COLUMNS,
+        warn=warn,
+    )
     runs = runs.sort_values([*IDENTITY_KEYS]).reset_index(drop=True)
     if not epochs.empty:
         epochs = epochs.sort_values([*IDENTITY_KEYS, "epoch"]).reset_index(drop=True)
     return runs, epochs
 
 
-def asked_but_missing(root: Path, runs: pd.DataFrame) -> pd.DataFrame:
+def asked_but_missing(
+    root: Path, runs: pd.DataFrame, warn: Callable[[str], None] = _warn
+) -> pd.DataFrame:
     """Runs that a sweep below `root` was asked for (its .sweeps/*.grid.json) but that have
     no folder yet, as rows with status "missing"."""
-    asked = [
-        cell
-        for path in sorted(root.rglob(f"{LEDGER_DIR}/*{GRID_SUFFIX}"))
-        for cell in json.loads(path.read_text())
-    ]
+    asked = []
+    for path in sorted(root.rglob(f"{LEDGER_DIR}/*{GRID_SUFFIX}")):
+        try:
+            cells = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            warn(f"{path}: cannot be read ({type(e).__name__}); left out")
+            continue
+        asked += [c for c in cells if isinstance(c, dict) and set(IDENTITY_KEYS) <= set(c)]
     if not asked:
         return runs.iloc[0:0]
     keys = list(IDENTITY_KEYS)
@@ -405,11 +467,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         runs, epochs = collect(args.dir)
-    except ResultsError as e:
+        write_atomic(args.dir / RUNS_FILE, runs.to_csv(index=False).encode())
+        write_atomic(args.dir / EPOCHS_FILE, epochs.to_csv(index=False).encode())
+    except (ResultsError, RecordsError) as e:
         print(f"bnstudy.results: error: {e}", file=sys.stderr)
         return 2
-    write_atomic(args.dir / RUNS_FILE, runs.to_csv(index=False).encode())
-    write_atomic(args.dir / EPOCHS_FILE, epochs.to_csv(index=False).encode())
     # Tables also show the runs a sweep asked for that have not started: a half-done grid.
     print(report(pd.concat([runs, asked_but_missing(args.dir, runs)]), args.format))
     if args.format in ("text", "markdown"):

@@ -21,6 +21,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from bnstudy import records
+from bnstudy.errors import PROG, USER_ERRORS, exit_with
+from bnstudy.preflight import check
 
 LEDGER_ENV = "BNSTUDY_SWEEP_LEDGER"  # inherited by launcher workers and SLURM jobs
 LEDGER_DIR = ".sweeps"
@@ -98,6 +100,13 @@ class SweepReport(Callback):
     when it ends: 0 when every run completed or diverged (a result), 1 when any failed."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            # The values every job shares (the command line's and the files', before the swept
+            # ones): a mistake there would fail every run alike, so refuse the whole sweep.
+            check(config)
+        except USER_ERRORS as e:
+            # Exit, not raise: Hydra turns a callback's exception into a warning and goes on.
+            exit_with(PROG, e)
         folder = Path(config.hydra.sweep.dir) / LEDGER_DIR
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"

@@ -2,29 +2,60 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import pickle
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
+
+import bnstudy.run  # noqa: F401  (registers the schema and the run-folder resolver)
 
 REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 
 # Small enough to train in seconds on 2 CPU cores.
 TINY = [
     "dataset=fashion_mnist",
-    "model.width=4",
+    "model.width=8",
     "device=cpu",
     "trainer.epochs=2",
     "data.train_subset=256",
     "data.test_subset=128",
     "batch_size=64",
 ]
+
+
+def make_config(*overrides: str):
+    """The job config `python -m bnstudy.run OVERRIDES` composes (without Hydra's own node)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def write_idx(path: Path, array: np.ndarray, ndim: int | None = None) -> None:
+    """An idx file of unsigned bytes, gzipped, as Fashion-MNIST ships (`ndim` overrides the
+    header's dimension count, to write a damaged header)."""
+    ndim = array.ndim if ndim is None else ndim
+    header = struct.pack(">I", 0x0800 | ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_fashion_mnist(folder: Path, n_train: int = 64, n_test: int = 32) -> Path:
+    """The four Fashion-MNIST idx .gz files with random images; returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return folder
 
 
 def write_cifar_batch(path: Path, images: np.ndarray, labels: list[int]) -> None:

@@ -28,16 +28,6 @@ def test_fp16_and_cuda_graphs_are_refused_on_the_cpu():
         resolve_fast_paths(torch.device("mps"), precision="bf16")
 
 
-def test_auto_picks_bf16_on_a_cpu_only_where_it_is_native(monkeypatch):
-    monkeypatch.setattr(accel, "_cpu_has_bf16", lambda: True)
-    assert resolve_fast_paths(CPU).precision == "bf16"
-    monkeypatch.setattr(accel, "_cpu_has_bf16", lambda: False)
-    assert resolve_fast_paths(CPU).precision == "fp32"
-    assert resolve_fast_paths(CPU).channels_last is True
-    assert resolve_fast_paths(CPU, precision="fp32", channels_last=False).channels_last is False
-    assert resolve_fast_paths(torch.device("mps")).precision == "fp32"
-
-
 def train_a_few_steps(
     norm: str, precision: str, channels_last: bool, compile: str = "none", steps: int = 4
 ):

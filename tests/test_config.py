@@ -4,17 +4,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import bnstudy.run  # noqa: F401  (registers the schema and the run-folder resolver)
 from bnstudy import records
 from bnstudy.config import ConfigError, validate
 from bnstudy.models import RESNETS
+from tests.conftest import make_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def make_config(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 def plain(cfg) -> dict:

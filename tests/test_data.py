@@ -1,6 +1,5 @@
 import gzip
 import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,13 @@ from bnstudy.data import (
     read_cifar_batch,
     read_idx,
 )
-from tests.conftest import CIFAR_FILES, FASHION_MNIST, write_cifar_batch
+from tests.conftest import (
+    CIFAR_FILES,
+    FASHION_MNIST,
+    write_cifar_batch,
+    write_fashion_mnist,
+    write_idx,
+)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -44,12 +49,6 @@ def test_subsets_keep_the_first_images():
     full, _ = load_dataset("fashion_mnist", FASHION_MNIST, False, None, None)
     assert len(train.labels) == 100 and len(test.labels) == 30
     assert torch.equal(train.images, full.images[:100])
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
 
 
 def test_idx_reader_returns_the_written_array(tmp_path):
@@ -201,3 +200,56 @@ def test_augmented_batches_are_crops_or_flips_of_their_images():
         assert any(torch.equal(out.flip(2), c) for c in crops)
         flipped += 1
     assert 0 < flipped < 16
+
+
+# ------------------------------------------------------------------ damaged files, one line each
+
+
+def test_flipped_bytes_in_a_gzip_file_are_a_dataset_error(tmp_path):
+    folder = write_fashion_mnist(tmp_path / "fm")
+    path = folder / "train-images-idx3-ubyte.gz"
+    data = bytearray(path.read_bytes())
+    for i in range(20, 60):  # inside the deflate stream, past the gzip header
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match="train-images-idx3-ubyte.gz: cannot read"):
+        read_idx(path)
+
+
+def test_an_idx_header_with_an_absurd_dimension_count_is_refused(tmp_path):
+    write_idx(tmp_path / "x.gz", np.zeros((2, 3), dtype=np.uint8), ndim=200)
+    with pytest.raises(DatasetError, match=r"x.gz: damaged idx header \(200 dimensions\)"):
+        read_idx(tmp_path / "x.gz")
+
+
+def test_labels_outside_the_class_range_are_refused(tmp_path):
+    folder = write_fashion_mnist(tmp_path / "fm")
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.full(32, 12))
+    with pytest.raises(DatasetError, match=r"test labels of fashion_mnist lie outside 0\.\.9"):
+        load_dataset("fashion_mnist", folder, False, None, None)
+
+
+def test_a_damaged_cifar_batch_is_one_dataset_error(tmp_path, tiny_cifar):
+    path = tiny_cifar / "cifar-10-batches-py" / "data_batch_1"
+    data = bytearray(path.read_bytes())
+    data[10:40] = bytes(30)
+    path.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match="data_batch_1: not a CIFAR-10 python batch"):
+        read_cifar_batch(path)
+
+
+def test_a_one_channel_batch_is_nchw_unless_channels_last_is_asked():
+    # A crop of 1-channel images comes out with channels_last strides that count as contiguous;
+    # the loader must still hand NCHW batches to the model (the AVX2 crash runs channels_last).
+    split = Split(torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8), torch.zeros(8).long())
+    spec = DATASETS["fashion_mnist"]
+    for fmt, strides in [
+        (torch.contiguous_format, (784, 784, 28, 1)),
+        (torch.channels_last, (784, 1, 28, 1)),
+    ]:
+        generator = torch.Generator().manual_seed(0)
+        loader = GpuLoader(
+            split, spec, 4, torch.device("cpu"), train=True, generator=generator, memory_format=fmt
+        )
+        x, _ = next(iter(loader))
+        assert x.stride() == strides

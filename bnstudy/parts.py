@@ -1,0 +1,165 @@
+"""Building what one training needs from a config (data, model, optimizer, fast paths), and the
+state a checkpoint holds. Shared by the runner and the benchmark; knows nothing about files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from bnstudy.accel import (
+    FastPaths,
+    apply_global_flags,
+    make_scaler,
+    prepare_model,
+    resolve_fast_paths,
+)
+from bnstudy.data import DATASETS, GpuLoader, load_dataset
+from bnstudy.models import build_resnet
+from bnstudy.norms import make_norm
+from bnstudy.records import RecordsError
+from bnstudy.train import make_optimizer, make_schedule
+
+CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "schedule", "rng", "precision", "device_type")
+
+
+@dataclass
+class Parts:
+    """Everything one training needs, built from the config for one device."""
+
+    model: nn.Module  # what checkpoints save
+    train_model: nn.Module  # the same weights, maybe compiled: what steps run
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    train_loader: GpuLoader
+    test_loader: GpuLoader
+    generator: torch.Generator  # shuffling and augmentation
+    fast: FastPaths
+    device: torch.device
+
+
+def build_model(cfg: DictConfig, model_name: str | None = None) -> nn.Module:
+    """The configured ResNet (or `model_name` at the same width) with the configured norm."""
+    spec = DATASETS[cfg.dataset.name]
+    norm = make_norm(cfg.norm.name, cfg.norm.eps, cfg.norm.momentum)
+    name = model_name or cfg.model.name
+    return build_resnet(name, norm, spec.channels, spec.classes, cfg.model.width)
+
+
+def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    hyper = {k: v for k, v in cfg.optim.items() if k != "schedule"}
+    return make_optimizer(model.parameters(), **hyper)
+
+
+def fast_paths(cfg: DictConfig, device: torch.device) -> FastPaths:
+    return resolve_fast_paths(
+        device,
+        cfg.trainer.precision,
+        cfg.trainer.channels_last,
+        cfg.trainer.compile,
+        cfg.trainer.cudnn_benchmark,
+        cfg.model.width,
+    )
+
+
+def build_parts(cfg: DictConfig, device: torch.device) -> Parts:
+    """Data, model, optimizer and fast paths for `cfg` on `device`, seeded by cfg.seed."""
+    fast = fast_paths(cfg, device)
+    apply_global_flags(fast, device)
+    spec = DATASETS[cfg.dataset.name]
+    train_split, test_split = load_dataset(
+        cfg.dataset.name,
+        cfg.dataset.root,
+        cfg.dataset.download,
+        cfg.data.train_subset,
+        cfg.data.test_subset,
+    )
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    model = build_model(cfg).to(device)
+    train_model = prepare_model(model, fast)
+    optimizer = build_optimizer(cfg, model)
+    schedule = make_schedule(optimizer, cfg.optim.schedule, cfg.trainer.epochs)
+    loader_args = {"device": device, "memory_format": fast.memory_format}
+    train_loader = GpuLoader(
+        train_split,
+        spec,
+        cfg.batch_size,
+        train=True,
+        augment=cfg.data.augment,
+        generator=generator,
+        **loader_args,
+    )
+    test_loader = GpuLoader(test_split, spec, cfg.data.eval_batch_size, train=False, **loader_args)
+    return Parts(
+        model,
+        train_model,
+        optimizer,
+        schedule,
+        make_scaler(fast, device),
+        train_loader,
+        test_loader,
+        generator,
+        fast,
+        device,
+    )
+
+
+def checkpoint_state(parts: Parts, epoch: int) -> dict[str, Any]:
+    """Everything needed to continue after `epoch` exactly as if never stopped."""
+    rng = {"torch": torch.get_rng_state(), "data": parts.generator.get_state()}
+    if parts.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(parts.device)
+    state = {
+        "epoch": epoch,
+        "model": parts.model.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "schedule": parts.schedule.state_dict(),
+        "rng": rng,
+        # A resume must compute as the run began: the same precision on the same kind of device.
+        "precision": parts.fast.precision,
+        "device_type": parts.device.type,
+    }
+    if parts.scaler is not None:
+        state["scaler"] = parts.scaler.state_dict()
+    return state
+
+
+def restore(parts: Parts, state: dict[str, Any], epochs: int, where: Path) -> int:
+    """Load a checkpoint into `parts`; returns the epoch to start from. A checkpoint that does
+    not belong to this run raises RecordsError naming `where` (the checkpoint file)."""
+    fix = "delete it to restart the run"
+    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    if missing:
+        raise RecordsError(f"{where}: not a bnstudy checkpoint (no {', '.join(missing)}); {fix}")
+    for key, now in (("precision", parts.fast.precision), ("device_type", parts.device.type)):
+        if state[key] != now:
+            raise RecordsError(
+                f"{where}: the run began with {key} {state[key]} and would resume with {now}; "
+                f"resume it where it began, or {fix}"
+            )
+    epoch = state["epoch"]
+    if not isinstance(epoch, int) or not 0 <= epoch <= epochs:
+        raise RecordsError(f"{where}: epoch {epoch!r} is outside 0..{epochs}; {fix}")
+    try:
+        parts.model.load_state_dict(state["model"])
+        parts.optimizer.load_state_dict(state["optimizer"])
+        parts.schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"]["torch"])
+        parts.generator.set_state(state["rng"]["data"])
+        if parts.device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], parts.device)
+        if parts.scaler is not None and "scaler" in state:
+            parts.scaler.load_state_dict(state["scaler"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RecordsError(
+            f"{where}: does not fit this run's model or optimizer ({first}); {fix}"
+        ) from None
+    return epoch + 1

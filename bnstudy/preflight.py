@@ -1,0 +1,143 @@
+"""Everything refused before a run folder exists, so that a run that cannot work leaves nothing
+behind: the config's values, the output root, the dataset files, the memory the weights need,
+and a folder that already holds another config's run.
+
+Hydra makes the run folder right after it resolves `hydra.run.dir` (`hydra.sweep.subdir` in a
+sweep), which is `${bnstudy_run_path:}`: that resolver runs these checks first. A user who sets
+hydra.run.dir by hand bypasses the resolver; `RunFolderGuard.on_run_start` covers that case.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from bnstudy import records
+from bnstudy.accel import resolve_precision
+from bnstudy.config import ConfigError, resolve_device, validate
+from bnstudy.data import load_dataset
+from bnstudy.errors import PROG, USER_ERRORS, exit_with
+from bnstudy.parts import build_model
+from bnstudy.records import RunFolder
+
+# Bytes per parameter for fp32 weights, their gradients and one fp32 optimizer slot
+# (SGD's momentum); Adam keeps two slots.
+_BYTES_PER_PARAM = {"sgd": 3 * 4, "adam": 4 * 4}
+
+
+def resolved(cfg: Any) -> dict[str, Any]:
+    """The run's config as a plain dict, with `trainer.precision` resolved for this machine:
+    what identifies the run, so "auto" never reaches a record or a hash."""
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    config = OmegaConf.to_container(job, resolve=True)
+    assert isinstance(config, dict)
+    device = resolve_device(cfg.device.name)
+    config["trainer"]["precision"] = resolve_precision(device, cfg.trainer.precision)
+    return config
+
+
+def check_output_root(root: str) -> Path:
+    """Refuse an output root that is empty, a file, under a file, or not writable."""
+    if not str(root).strip():
+        raise ConfigError(
+            "paths.output_root is empty; give the folder for run folders, e.g. "
+            "paths.output_root=outputs"
+        )
+    path = Path(root).expanduser().absolute()
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"lies under the file {existing}"
+        raise ConfigError(f"paths.output_root={root} {where}; choose a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):  # EROFS counts too, even for root
+        raise ConfigError(
+            f"paths.output_root={root}: {existing} is not writable (read-only file system or no "
+            "permission); choose another folder"
+        )
+    return path
+
+
+def check_memory(cfg: Any, device: torch.device) -> None:
+    """Refuse a model whose weights, gradients and optimizer state exceed the free memory."""
+    with torch.device("meta"):  # counts parameters without allocating them
+        n_params = sum(p.numel() for p in build_model(cfg).parameters())
+    needed = n_params * _BYTES_PER_PARAM.get(cfg.optim.name, 16)
+    free = _free_memory(device)
+    if free is not None and needed > free:
+        raise ConfigError(
+            f"out of memory: {cfg.model.name} at model.width={cfg.model.width} has "
+            f"{n_params:,} parameters, whose weights, gradients and optimizer state need "
+            f"{needed / 2**30:,.1f} GiB; {device.type} has {free / 2**30:,.1f} GiB free; lower "
+            "model.width"
+        )
+
+
+def _free_memory(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None  # MPS shares memory with the system and reports no free figure
+
+
+def check(cfg: Any) -> dict[str, Any]:
+    """Every check that needs no run folder; returns the resolved config (see `resolved`)."""
+    validate(cfg)
+    check_output_root(cfg.paths.output_root)
+    train, _ = load_dataset(
+        cfg.dataset.name,
+        cfg.dataset.root,
+        cfg.dataset.download,
+        cfg.data.train_subset,
+        cfg.data.test_subset,
+    )
+    if len(train.labels) < cfg.batch_size:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} exceeds the {len(train.labels)} training images; "
+            "lower batch_size or raise data.train_subset"
+        )
+    check_memory(cfg, resolve_device(cfg.device.name))
+    return resolved(cfg)
+
+
+def _run_path_resolver(*, _root_: DictConfig) -> str:
+    """`${bnstudy_run_path:}` in conf/config.yaml: the run folder of the config being run."""
+    # Resolving the hydra node here would resolve hydra.run.dir, i.e. call this again.
+    job = OmegaConf.masked_copy(_root_, [k for k in _root_ if k != "hydra"])
+    try:
+        return records.run_path(check(job))
+    except ConfigError:
+        if _root_.hydra.mode != RunMode.MULTIRUN:
+            raise
+        # One bad cell of a sweep must not stop the others (the sweep's shared values were
+        # checked in SweepReport.on_multirun_start): the job fails and is recorded in this
+        # folder, named from the unresolved config.
+        return records.run_path(OmegaConf.to_container(job, resolve=True))
+
+
+class RunFolderGuard(Callback):
+    """Before Hydra makes a single run's folder and writes `.hydra/` into it: run the checks,
+    and refuse a folder (e.g. a hand-set hydra.run.dir) that holds another config's run."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            run_id = records.run_id(check(config))
+            RunFolder(Path(str(config.hydra.run.dir))).check_owner(run_id)
+        except USER_ERRORS as e:
+            # Exit, not raise: Hydra turns a callback's exception into a warning and goes on.
+            exit_with(PROG, e)
+
+
+OmegaConf.register_new_resolver("bnstudy_run_path", _run_path_resolver, replace=True)
