@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from bnstudy import results
-from bnstudy.records import RunFolder
+from bnstudy.records import SUMMARY_COLUMNS, RunFolder
 from tests.conftest import write_run
 
 
@@ -128,3 +128,29 @@ def test_cli_refuses_a_wrong_path_or_a_folder_without_runs(tmp_path, make):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bnstudy.results: error:")
     assert str(target) in lines[0]
+
+
+def test_damaged_records_are_reported_by_path_and_left_out(sweep):
+    garbage = sweep / "cifar10" / "garbage"
+    garbage.mkdir()
+    (garbage / "summary.csv").write_bytes(b"\x00\x17PK garbage,\n\xff\xfe")
+    header_only = sweep / "cifar10" / "header-only"
+    header_only.mkdir()
+    (header_only / "summary.csv").write_text(",".join(SUMMARY_COLUMNS) + "\n")
+    [good] = [p for p in sweep.rglob("metrics.csv") if "affine-bs128-seed1" in str(p)]
+    lines = good.read_text().splitlines()
+    lines[2] = lines[2].rsplit(",", 3)[0] + ",oops"  # a row cut short by a crash of the disk
+    good.write_text("\n".join(lines) + "\n")
+
+    result = run_results(sweep)
+    assert result.returncode == 0, result.stderr
+    warnings = result.stderr.strip().splitlines()
+    assert len(warnings) == 3, result.stderr
+    assert all(w.startswith("bnstudy.results: warning: ") for w in warnings)
+    assert f"{garbage / 'summary.csv'}: " in result.stderr
+    assert f"{header_only / 'summary.csv'}: header only" in result.stderr
+    assert f"{good}: line 3 has" in result.stderr
+    runs = pd.read_csv(sweep / "runs.csv")
+    epochs = pd.read_csv(sweep / "epochs.csv")
+    assert len(runs) == 14 and len(epochs) == 37 - 3  # the damaged run's three epochs left out
+    assert "14 runs:" in result.stdout
