@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{rows[0]['device']}-{cfg.model.name}-w{cfg.model.width}-bs{cfg.batch_size}.csv"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(out, COLUMNS, rows)
+    write_csv(out, COLUMNS, [{c: row.get(c, "") for c in COLUMNS} for row in rows])
     print(f"written: {out}")
     return 0
 

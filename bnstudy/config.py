@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import II, MISSING, DictConfig, OmegaConf
 
 from bnstudy.accel import COMPILE_MODES, PRECISIONS, FastPathError, resolve_fast_paths
 from bnstudy.data import DATASETS
@@ -57,6 +57,11 @@ class DatasetConfig:
 class DataConfig:
     train_subset: int | None = None
     test_subset: int | None = None
+    # Images held out of the training set (after train_subset) to choose epochs and learning
+    # rates on, never on the test set; 0 trains on all of them (the paper's protocol).
+    val_size: int = 5000
+    # Seeds the validation split alone: the same images for every run and seed of a study.
+    split_seed: int = 0
     augment: bool = True
     # Evaluation uses running statistics, so its batch size does not change the results.
     eval_batch_size: int = 1000
@@ -68,6 +73,8 @@ class SGDConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    # Weight decay on γ and β of the norm layers; by default the same as on the weights.
+    norm_weight_decay: float = II(".weight_decay")
     nesterov: bool = False
     schedule: str = "cosine"
 
@@ -79,6 +86,7 @@ class AdamConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     weight_decay: float = 0.0
+    norm_weight_decay: float = II(".weight_decay")
     schedule: str = "cosine"
 
 
@@ -181,6 +189,9 @@ def validate(cfg: Any) -> None:
     _positive("norm.eps", cfg.norm.eps)
     _within("norm.momentum", cfg.norm.momentum, 0, 1)
     _within("optim.weight_decay", cfg.optim.weight_decay, 0, math.inf)
+    _within("optim.norm_weight_decay", cfg.optim.norm_weight_decay, 0, math.inf)
+    _at_least("data.val_size", cfg.data.val_size, 0)
+    _at_least("data.split_seed", cfg.data.split_seed, 0)
     if cfg.optim.name == "sgd":
         _within("optim.momentum", cfg.optim.momentum, 0, math.inf)
         if cfg.optim.nesterov and cfg.optim.momentum == 0:

@@ -238,6 +238,20 @@ def _first(split: Split, n: int | None) -> Split:
     return split if n is None else Split(split.images[:n], split.labels[:n])
 
 
+def hold_out(train: Split, val_size: int, seed: int) -> tuple[Split, Split | None]:
+    """Split `val_size` validation images off the training split: a seeded permutation that
+    depends on `seed` alone (not on the run's seed), so every run of a study sees the same
+    validation images. Returns (train, validation), validation None when val_size is 0."""
+    if val_size == 0:
+        return train, None
+    order = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(seed))
+    # Sorted, so the training images keep their file order (and the loader its shuffles).
+    val, kept = order[:val_size].sort().values, order[val_size:].sort().values
+    return Split(train.images[kept], train.labels[kept]), Split(
+        train.images[val], train.labels[val]
+    )
+
+
 # ------------------------------------------------------------------------------ the loader
 
 

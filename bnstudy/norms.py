@@ -61,8 +61,8 @@ NORMS: dict[str, Callable[..., nn.Module]] = {
     "none": _identity,
 }
 
-# Layers whose parameters count as "inside normalization layers" in the records.
-NORM_LAYER_TYPES = (nn.BatchNorm2d, AffineLayer)
+# The variants' layer classes: what counts as "a normalization layer" (derived, not a second list).
+NORM_LAYER_TYPES = tuple(v for v in NORMS.values() if isinstance(v, type))
 
 
 def make_norm(name: str, eps: float = 1e-5, momentum: float = 0.1) -> NormFactory:
@@ -73,11 +73,16 @@ def make_norm(name: str, eps: float = 1e-5, momentum: float = 0.1) -> NormFactor
     return layer
 
 
-def count_norm_parameters(model: nn.Module) -> int:
-    """Number of learnable parameters that sit inside normalization layers."""
-    return sum(
-        p.numel()
+def norm_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The learnable parameters inside normalization layers (γ and β), in network order."""
+    return [
+        p
         for m in model.modules()
         if isinstance(m, NORM_LAYER_TYPES)
         for p in m.parameters(recurse=False)
-    )
+    ]
+
+
+def count_norm_parameters(model: nn.Module) -> int:
+    """Number of learnable parameters that sit inside normalization layers."""
+    return sum(p.numel() for p in norm_parameters(model))

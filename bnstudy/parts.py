@@ -19,9 +19,9 @@ from bnstudy.accel import (
     prepare_model,
     resolve_fast_paths,
 )
-from bnstudy.data import DATASETS, GpuLoader, load_dataset
+from bnstudy.data import DATASETS, GpuLoader, hold_out, load_dataset
 from bnstudy.models import build_resnet
-from bnstudy.norms import make_norm
+from bnstudy.norms import make_norm, norm_parameters
 from bnstudy.records import RecordsError
 from bnstudy.train import make_optimizer, make_schedule
 
@@ -38,6 +38,7 @@ class Parts:
     schedule: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler | None
     train_loader: GpuLoader
+    val_loader: GpuLoader | None  # None when data.val_size is 0
     test_loader: GpuLoader
     generator: torch.Generator  # shuffling and augmentation
     fast: FastPaths
@@ -53,8 +54,15 @@ def build_model(cfg: DictConfig, model_name: str | None = None) -> nn.Module:
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
-    hyper = {k: v for k, v in cfg.optim.items() if k != "schedule"}
-    return make_optimizer(model.parameters(), **hyper)
+    """The configured optimizer; γ and β of the norm layers form their own parameter group,
+    decayed by optim.norm_weight_decay (every other parameter by optim.weight_decay)."""
+    hyper = {k: v for k, v in cfg.optim.items() if k not in ("schedule", "norm_weight_decay")}
+    in_norms = {id(p) for p in norm_parameters(model)}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in in_norms]}]
+    if in_norms:
+        norm_params = [p for p in model.parameters() if id(p) in in_norms]
+        groups.append({"params": norm_params, "weight_decay": cfg.optim.norm_weight_decay})
+    return make_optimizer(groups, **hyper)
 
 
 def fast_paths(cfg: DictConfig, device: torch.device) -> FastPaths:
@@ -80,6 +88,7 @@ def build_parts(cfg: DictConfig, device: torch.device) -> Parts:
         cfg.data.train_subset,
         cfg.data.test_subset,
     )
+    train_split, val_split = hold_out(train_split, cfg.data.val_size, cfg.data.split_seed)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
@@ -97,6 +106,11 @@ def build_parts(cfg: DictConfig, device: torch.device) -> Parts:
         **loader_args,
     )
     test_loader = GpuLoader(test_split, spec, cfg.data.eval_batch_size, train=False, **loader_args)
+    val_loader = None
+    if val_split is not None:
+        val_loader = GpuLoader(
+            val_split, spec, cfg.data.eval_batch_size, train=False, **loader_args
+        )
     return Parts(
         model,
         train_model,
@@ -104,6 +118,7 @@ def build_parts(cfg: DictConfig, device: torch.device) -> Parts:
         schedule,
         make_scaler(fast, device),
         train_loader,
+        val_loader,
         test_loader,
         generator,
         fast,

@@ -103,10 +103,19 @@ def check(cfg: Any) -> dict[str, Any]:
         cfg.data.train_subset,
         cfg.data.test_subset,
     )
-    if len(train.labels) < cfg.batch_size:
+    n_train = len(train.labels) - cfg.data.val_size
+    if n_train < 1:
         raise ConfigError(
-            f"batch_size={cfg.batch_size} exceeds the {len(train.labels)} training images; "
-            "lower batch_size or raise data.train_subset"
+            f"data.val_size={cfg.data.val_size} leaves none of the {len(train.labels)} training "
+            "images to train on; lower data.val_size or raise data.train_subset"
+        )
+    if n_train < cfg.batch_size:
+        held = (
+            f" (after holding out data.val_size={cfg.data.val_size})" if cfg.data.val_size else ""
+        )
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} exceeds the {n_train} training images{held}; lower "
+            "batch_size or data.val_size, or raise data.train_subset"
         )
     check_memory(cfg, resolve_device(cfg.device.name))
     return resolved(cfg)

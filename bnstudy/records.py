@@ -16,41 +16,69 @@ import os
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 
 @dataclass(frozen=True)
 class EpochMetrics:
-    """What one epoch measured; accuracies in percent."""
+    """What one epoch measured; accuracies in percent. The validation columns are None when
+    the run holds out no validation split (data.val_size=0)."""
 
     epoch: int
     train_loss: float
     train_acc: float
+    val_loss: float | None
+    val_acc: float | None
     test_loss: float
     test_acc: float
     epoch_lr: float
     epoch_seconds: float
     train_images_per_s: float
 
+    @classmethod
+    def from_csv(cls, row: Mapping[str, str]) -> EpochMetrics:
+        """An epoch as metrics.csv holds it (strings) back as numbers."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            text = row[f.name]
+            values[f.name] = int(text) if f.type == "int" else (float(text) if text else None)
+        return cls(**values)
 
-# Identity columns -> their config key. These head every row of metrics.csv and summary.csv, so
-# files from many runs concatenate without any other source.
-IDENTITY_KEYS: dict[str, str] = {
-    "dataset": "dataset.name",
-    "model": "model.name",
-    "width": "model.width",
-    "norm": "norm.name",
-    "batch_size": "batch_size",
-    "seed": "seed",
-    "optimizer": "optim.name",
-    "lr": "optim.lr",
-    "epochs": "trainer.epochs",
-}
+
+@dataclass(frozen=True)
+class Summary:
+    """summary.csv's one row after the identity columns. Accuracies in percent; "best" is
+    always chosen on the validation split, never on the test set."""
+
+    status: str  # running, completed, diverged, failed, interrupted
+    epochs_done: int = 0
+    diverged_epoch: int | None = None
+    error: str = ""
+    final_test_acc: float | None = None
+    final_val_acc: float | None = None
+    best_val_acc: float | None = None
+    best_val_epoch: int | None = None
+    test_acc_at_best_val: float | None = None  # test accuracy of the best validation epoch
+    final_train_loss: float | None = None
+    n_params: int | None = None
+    n_norm_params: int | None = None  # learnable parameters inside normalization layers
+    wall_seconds: float = 0.0  # summed over resumed sessions
+    device: str = ""
+    torch_version: str = ""
+    torchvision_version: str = ""
+    hydra_version: str = ""
+    python_version: str = ""
+    started_at: str = ""
+    updated_at: str = ""
+
+
 # Config keys that say where or how visibly a run happens, not what it computes: changing them
-# finds the same run folder (a run started on one GPU can finish on another).
+# finds the same run folder (a run started on one GPU can finish on another). Every other key
+# of the resolved config is part of the run's identity.
 NON_IDENTITY_KEYS = (
+    "hydra",
     "paths",
     "device",
     "dataset.root",
@@ -63,32 +91,12 @@ NON_IDENTITY_KEYS = (
     "trainer.cudnn_benchmark",
     "data.eval_batch_size",
 )
+# The identity keys that name a run's folder and head the results' tables.
+DATASET, MODEL, WIDTH, NORM = "dataset.name", "model.name", "model.width", "norm.name"
+BATCH_SIZE, SEED = "batch_size", "seed"
 
 EPOCH_COLUMNS = tuple(f.name for f in fields(EpochMetrics))
-METRICS_COLUMNS = ("run_id", *IDENTITY_KEYS, *EPOCH_COLUMNS)
-SUMMARY_COLUMNS = (
-    "run_id",
-    *IDENTITY_KEYS,
-    "status",
-    "epochs_done",
-    "diverged_epoch",
-    "error",
-    "final_test_acc",
-    "best_test_acc",
-    "best_epoch",
-    "final_train_loss",
-    "n_params",
-    "n_norm_params",
-    "wall_seconds",
-    "device",
-    "precision",
-    "torch_version",
-    "torchvision_version",
-    "hydra_version",
-    "python_version",
-    "started_at",
-    "updated_at",
-)
+SUMMARY_COLUMNS = tuple(f.name for f in fields(Summary))
 FINISHED = ("completed", "diverged")  # a rerun of these is a no-op
 
 METRICS_FILE = "metrics.csv"
@@ -102,58 +110,60 @@ class RecordsError(RuntimeError):
     """A run folder that cannot be used as asked; the message names the folder."""
 
 
-def _select(config: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        node = node[part]
-    return node
+def _flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        dotted = f"{prefix}{key}"
+        if dotted in NON_IDENTITY_KEYS:
+            continue
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
 
 
 def identity(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The identity columns of a run, from its resolved config (a plain dict)."""
-    return {column: _select(config, key) for column, key in IDENTITY_KEYS.items()}
+    """`run_id`, then every value of the resolved config (a plain dict) that can change the
+    run's numbers, flattened to dotted keys (optim.weight_decay). These head every row of
+    metrics.csv and summary.csv, so files from many runs concatenate without any other source,
+    and two runs that differ in any of them never share a folder, a hash or a table cell."""
+    flat = _flatten(config)
+    text = json.dumps(flat, sort_keys=True, default=str)
+    return {"run_id": hashlib.sha256(text.encode()).hexdigest()[:8], **flat}
 
 
 def run_id(config: Mapping[str, Any]) -> str:
     """Eight hex digits that change whenever a value that affects the results changes."""
-    kept = json.loads(json.dumps(dict(config), default=str))
-    kept.pop("hydra", None)
-    for dotted in NON_IDENTITY_KEYS:
-        *parents, leaf = dotted.split(".")
-        node = kept
-        for part in parents:
-            node = node.get(part, {})
-        node.pop(leaf, None)
-    text = json.dumps(kept, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
+    return identity(config)["run_id"]
 
 
 def run_path(config: Mapping[str, Any]) -> str:
     """The run folder, relative to paths.output_root: readable, and unique per config."""
     i = identity(config)
-    name = f"{i['model']}-w{i['width']}-{i['norm']}-bs{i['batch_size']}-seed{i['seed']}"
-    return f"{i['dataset']}/{name}-{run_id(config)}"
+    name = f"{i[MODEL]}-w{i[WIDTH]}-{i[NORM]}-bs{i[BATCH_SIZE]}-seed{i[SEED]}"
+    return f"{i[DATASET]}/{name}-{i['run_id']}"
 
 
-def progress(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
-    """The summary's view of a run's epoch rows: epochs done, final and best accuracy."""
-    if not rows:
-        return {
-            "epochs_done": 0,
-            "final_test_acc": None,
-            "best_test_acc": None,
-            "best_epoch": None,
-            "final_train_loss": None,
-        }
-    accs = [float(r["test_acc"]) for r in rows]
-    best = max(range(len(accs)), key=accs.__getitem__)  # the first epoch of the best value
-    return {
-        "epochs_done": len(rows),
-        "final_test_acc": accs[-1],
-        "best_test_acc": accs[best],
-        "best_epoch": rows[best]["epoch"],
-        "final_train_loss": rows[-1]["train_loss"],
+def progress(epochs: list[EpochMetrics]) -> dict[str, Any]:
+    """The summary's view of a run's epochs: epochs done, final accuracies, and the test
+    accuracy at the epoch of best validation accuracy (the first, on ties)."""
+    if not epochs:
+        return {"epochs_done": 0}
+    last = epochs[-1]
+    view: dict[str, Any] = {
+        "epochs_done": len(epochs),
+        "final_test_acc": last.test_acc,
+        "final_val_acc": last.val_acc,
+        "final_train_loss": last.train_loss,
     }
+    validated = [m for m in epochs if m.val_acc is not None]
+    if validated:
+        best = max(validated, key=lambda m: m.val_acc)  # max keeps the first of equals
+        view.update(
+            best_val_acc=best.val_acc, best_val_epoch=best.epoch, test_acc_at_best_val=best.test_acc
+        )
+    return view
 
 
 # ------------------------------------------------------------------------- atomic files
@@ -182,10 +192,16 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def write_csv(path: Path, columns: tuple[str, ...], rows: list[Mapping[str, Any]]) -> None:
+    """Write `rows` under `columns`; a row with a column too many or too few is an error
+    (a typo must not vanish into a blank cell)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({c: _cell(row.get(c)) for c in columns} for row in rows)
+    for row in rows:
+        if set(row) != set(columns):
+            unknown, missing = sorted(set(row) - set(columns)), sorted(set(columns) - set(row))
+            raise ValueError(f"{path.name}: unknown fields {unknown}, missing fields {missing}")
+        writer.writerow({c: _cell(row[c]) for c in columns})
     write_atomic(path, buffer.getvalue().encode())
 
 
@@ -229,14 +245,23 @@ class RunFolder:
         rows = read_csv(self.summary_path)
         return rows[0] if rows else None
 
-    def write_summary(self, row: Mapping[str, Any]) -> None:
-        write_csv(self.summary_path, SUMMARY_COLUMNS, [row])
+    def write_summary(self, ident: Mapping[str, Any], summary: Summary) -> None:
+        row = {**ident, **asdict(summary)}
+        write_csv(self.summary_path, tuple(row), [row])
 
-    def read_metrics(self) -> list[dict[str, str]]:
-        return read_csv(self.metrics_path)
+    def read_metrics(self) -> list[EpochMetrics]:
+        """The epochs on disk; a damaged file is a RecordsError naming it."""
+        try:
+            return [EpochMetrics.from_csv(row) for row in read_csv(self.metrics_path)]
+        except (KeyError, ValueError, TypeError) as e:
+            raise RecordsError(
+                f"{self.metrics_path}: damaged ({type(e).__name__}: {e}); move the run folder "
+                "away to train this config again"
+            ) from None
 
-    def write_metrics(self, rows: list[Mapping[str, Any]]) -> None:
-        write_csv(self.metrics_path, METRICS_COLUMNS, rows)
+    def write_metrics(self, ident: Mapping[str, Any], epochs: list[EpochMetrics]) -> None:
+        columns = (*ident, *EPOCH_COLUMNS)
+        write_csv(self.metrics_path, columns, [{**ident, **asdict(m)} for m in epochs])
 
     def check_owner(self, expected_run_id: str) -> None:
         """Refuse to touch a folder that holds another config's run."""

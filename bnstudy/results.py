@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import itertools
 import json
@@ -20,21 +21,37 @@ from pathlib import Path
 import pandas as pd
 
 from bnstudy.records import (
+    BATCH_SIZE,
+    DATASET,
     EPOCH_COLUMNS,
-    IDENTITY_KEYS,
     METRICS_FILE,
+    MODEL,
+    NORM,
+    SEED,
+    SUMMARY_COLUMNS,
     SUMMARY_FILE,
+    WIDTH,
     RecordsError,
     RunFolder,
     write_atomic,
 )
-from bnstudy.sweep import GRID_SUFFIX, LEDGER_DIR
+from bnstudy.sweep import GRID_SUFFIX, LEDGER_DIR, read_ledger
 
 RUNS_FILE = "runs.csv"
 EPOCHS_FILE = "epochs.csv"
 FORMATS = ("text", "markdown", "csv", "latex")
-# A table per setting: everything that identifies a run except the table's axes and the seeds.
-SETTING = [k for k in IDENTITY_KEYS if k not in ("norm", "batch_size", "seed")]
+# Identity columns every record has; a run's full identity is every column of its summary
+# that is not a Summary field (see `identity_columns`).
+REQUIRED = ("run_id", DATASET, MODEL, WIDTH, NORM, BATCH_SIZE, SEED)
+# A table's axes and what is averaged over; every other identity column makes its own table.
+AXES = (NORM, BATCH_SIZE, SEED)
+# Shown in every table's title even when all runs share them.
+HEADLINE_KEYS = (WIDTH, "optim.name", "optim.lr", "trainer.epochs", "data.val_size")
+# The summary's headline numbers: never an epoch chosen on the test set.
+ACCURACIES = (
+    ("final_test_acc", "final test acc %"),
+    ("test_acc_at_best_val", "test acc % at the best validation epoch"),
+)
 MISSING = "missing"
 INTERRUPTED = "interrupted"  # status "running" but no process holds the run's lock
 
@@ -57,6 +74,11 @@ def _problem(text: str, required: tuple[str, ...], numeric: tuple[str, ...], one
         return "empty file"
     header, body = rows[0], rows[1:]
     absent = [c for c in required if c not in header]
+    if absent and "run_id" in header and "norm" in header:
+        return (
+            "written by a bnstudy before full run identities (no column "
+            f"{', '.join(absent)}): its config is not fully known; rerun its config"
+        )
     if absent:
         return f"not a bnstudy record (no column {', '.join(absent)})"
     if not body:
@@ -69,7 +91,7 @@ def _problem(text: str, required: tuple[str, ...], numeric: tuple[str, ...], one
             return f"line {n} has {len(row)} fields, the header {len(header)}"
         for i in where:
             try:
-                float(row[i])
+                float(row[i] or "nan")  # empty: a value the run does not have (no validation)
             except ValueError:
                 return f"line {n}: {header[i]}={row[i]!r} is not a number"
     return None
@@ -123,11 +145,10 @@ def collect(root: Path, warn: Callable[[str], None] = _warn) -> tuple[pd.DataFra
             f"no runs under {root} (no {SUMMARY_FILE} found); give paths.output_root of a run or "
             "sweep, e.g. outputs"
         )
-    runs = _concat_csvs(
-        summaries, root, ("run_id", *IDENTITY_KEYS, "status"), one_row=True, warn=warn
-    )
+    runs = _concat_csvs(summaries, root, (*REQUIRED, "status"), one_row=True, warn=warn)
     if runs.empty:
         raise ResultsError(f"no readable {SUMMARY_FILE} under {root}; see the warnings above")
+    runs = _once_per_run(runs, warn)
     # "running" in a summary whose process is gone (killed, pre-empted) means interrupted.
     for i in runs.index[runs["status"] == "running"]:
         if not RunFolder(root / runs.at[i, "run_dir"]).is_held():
@@ -135,35 +156,57 @@ def collect(root: Path, warn: Callable[[str], None] = _warn) -> tuple[pd.DataFra
     epochs = _concat_csvs(
         sorted(root.rglob(METRICS_FILE)),
         root,
-        ("run_id", *IDENTITY_KEYS, *EPOCH_COLUMNS),
+        (*REQUIRED, *EPOCH_COLUMNS),
         numeric=EPOCH_COLUMNS,
         warn=warn,
     )
-    runs = runs.sort_values([*IDENTITY_KEYS]).reset_index(drop=True)
     if not epochs.empty:
-        epochs = epochs.sort_values([*IDENTITY_KEYS, "epoch"]).reset_index(drop=True)
+        epochs = epochs[epochs["run_dir"].isin(runs["run_dir"])]
+        epochs = epochs.sort_values(["run_id", "epoch"]).reset_index(drop=True)
+    runs = runs.sort_values(["run_id", "run_dir"]).reset_index(drop=True)
     return runs, epochs
+
+
+def _once_per_run(runs: pd.DataFrame, warn: Callable[[str], None]) -> pd.DataFrame:
+    """One row per run id: two folders with one identity and seed are the same run twice
+    (a copy, or two roots that reach one run); counting both would double its weight."""
+    runs = runs.sort_values("run_dir")
+    twice = runs["run_id"].duplicated(keep="first")
+    for _, row in runs[twice].iterrows():
+        [first] = runs.loc[(runs["run_id"] == row["run_id"]) & ~twice, "run_dir"]
+        warn(
+            f"{first} and {row['run_dir']} hold the same run (identity and seed, run "
+            f"{row['run_id']}); counted once, from {first}"
+        )
+    return runs[~twice]
+
+
+def identity_columns(frame: pd.DataFrame) -> list[str]:
+    """The identity columns of a runs or epochs frame: everything but the records' fields."""
+    fields = {*SUMMARY_COLUMNS, *EPOCH_COLUMNS, "run_dir"}
+    return [c for c in frame.columns if c not in fields]
 
 
 def asked_but_missing(
     root: Path, runs: pd.DataFrame, warn: Callable[[str], None] = _warn
 ) -> pd.DataFrame:
-    """Runs that a sweep below `root` was asked for (its .sweeps/*.grid.json) but that have
-    no folder yet, as rows with status "missing"."""
-    asked = []
-    for path in sorted(root.rglob(f"{LEDGER_DIR}/*{GRID_SUFFIX}")):
+    """Runs that a sweep below `root` was asked for but that have no folder yet, as rows with
+    status "missing": each sweep's grid (.sweeps/*.grid.json, every override combination as
+    Hydra composed it) and the jobs its ledger saw start."""
+    asked: list[dict] = []
+    for path in sorted(root.rglob(f"{LEDGER_DIR}/*")):
         try:
-            cells = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
+            if path.name.endswith(GRID_SUFFIX):
+                asked += json.loads(path.read_text())
+            elif path.suffix == ".jsonl":
+                asked += [e["identity"] for e in read_ledger(path) if e.get("started")]
+        except (OSError, ValueError, KeyError, TypeError) as e:
             warn(f"{path}: cannot be read ({type(e).__name__}); left out")
-            continue
-        asked += [c for c in cells if isinstance(c, dict) and set(IDENTITY_KEYS) <= set(c)]
+    asked = [a for a in asked if isinstance(a, dict) and set(REQUIRED) <= set(a)]
     if not asked:
         return runs.iloc[0:0]
-    keys = list(IDENTITY_KEYS)
-    wanted = pd.DataFrame(asked)[keys].astype(runs[keys].dtypes.to_dict()).drop_duplicates()
-    present = wanted.merge(runs[keys].drop_duplicates(), on=keys, how="left", indicator=True)
-    missing = present[present["_merge"] == "left_only"].drop(columns="_merge")
+    wanted = pd.DataFrame(asked).drop_duplicates("run_id")
+    missing = wanted[~wanted["run_id"].isin(runs["run_id"])]
     return missing.assign(status=MISSING, run_dir="").reset_index(drop=True)
 
 
@@ -171,29 +214,46 @@ def asked_but_missing(
 
 
 def _settings(runs: pd.DataFrame) -> Iterable[tuple[str, pd.DataFrame]]:
-    groups = runs.groupby(SETTING, sort=True, dropna=False)
-    # SETTING starts with dataset, model: order models by depth, not alphabetically.
-    for key, group in sorted(groups, key=lambda kv: (kv[0][0], _natural(kv[0][1]), kv[0][2:])):
-        values = dict(zip(SETTING, key, strict=True))
-        title = (
-            f"{values['dataset']} · {values['model']} (width {values['width']}, "
-            f"{values['optimizer']} lr {values['lr']:g}, {values['epochs']} epochs)"
-        )
-        yield title, group
+    """One table per setting: runs equal in every identity column but the axes, so a cell
+    only ever averages over seeds. The title names the headline keys and every key that
+    varies between the tables."""
+    setting = [c for c in identity_columns(runs) if c not in ("run_id", *AXES)]
+    varying = [c for c in setting if runs[c].nunique(dropna=False) > 1]
+    groups = runs.groupby(setting, sort=False, dropna=False)
+    keyed = [(dict(zip(setting, key, strict=True)), group) for key, group in groups]
+    for values, group in sorted(keyed, key=lambda vg: _setting_order(vg[0])):
+        yield f"{values[DATASET]} · {values[MODEL]} ({_details(values, varying)})", group
+
+
+def _details(values: dict, varying: list[str]) -> str:
+    """`key=value, …` for the headline keys and the varying ones (dataset and model aside)."""
+    shown = [k for k in (*HEADLINE_KEYS, *varying) if k in values and k not in (DATASET, MODEL)]
+    return ", ".join(f"{k}={_text(values[k])}" for k in dict.fromkeys(shown))
+
+
+def _setting_order(values: dict) -> tuple:
+    """Dataset, then models by depth (resnet18 before resnet101), then the rest as text."""
+    return (str(values[DATASET]), _natural(str(values[MODEL])), str(values))
+
+
+def _text(value: object) -> str:
+    if isinstance(value, float):
+        return "unset" if math.isnan(value) else f"{value:g}"
+    return str(value)
 
 
 def _seeds(group: pd.DataFrame) -> list[int]:
-    return sorted(group["seed"].unique())
+    return sorted(group[SEED].unique())
 
 
 def accuracy_table(group: pd.DataFrame, column: str) -> pd.DataFrame:
     """Rows: variants; columns: batch sizes; cells: mean ± std (n) over completed seeds."""
-    norms, sizes = sorted(group["norm"].unique()), sorted(group["batch_size"].unique())
+    norms, sizes = sorted(group[NORM].unique()), sorted(group[BATCH_SIZE].unique())
     n_seeds = len(_seeds(group))
     table = pd.DataFrame(index=pd.Index(norms, name="norm"), columns=sizes, dtype=object)
     for norm in norms:
         for size in sizes:
-            cell = group[(group["norm"] == norm) & (group["batch_size"] == size)]
+            cell = group[(group[NORM] == norm) & (group[BATCH_SIZE] == size)]
             table.loc[norm, size] = _accuracy_cell(cell, column, n_seeds)
     table.columns = pd.Index([f"bs {s}" for s in sizes])
     return table
@@ -217,14 +277,14 @@ def _accuracy_cell(cell: pd.DataFrame, column: str, n_seeds: int) -> str:
 
 def status_table(group: pd.DataFrame) -> pd.DataFrame:
     """Rows: variants; columns: batch sizes; cells: how many runs are in which state."""
-    norms, sizes = sorted(group["norm"].unique()), sorted(group["batch_size"].unique())
+    norms, sizes = sorted(group[NORM].unique()), sorted(group[BATCH_SIZE].unique())
     seeds = _seeds(group)
     table = pd.DataFrame(index=pd.Index(norms, name="norm"), columns=sizes, dtype=object)
     for norm in norms:
         for size in sizes:
-            cell = group[(group["norm"] == norm) & (group["batch_size"] == size)]
+            cell = group[(group[NORM] == norm) & (group[BATCH_SIZE] == size)]
             counts = cell["status"].value_counts().to_dict()
-            missing = len(set(seeds) - set(cell["seed"]))
+            missing = len(set(seeds) - set(cell[SEED]))
             if missing:
                 counts[MISSING] = missing
             table.loc[norm, size] = ", ".join(
@@ -264,11 +324,13 @@ def render(table: pd.DataFrame, fmt: str, title: str) -> str:
 
 
 def report(runs: pd.DataFrame, fmt: str = "text") -> str:
-    """All tables for `runs`: final and best test accuracy, then status, per setting."""
+    """All tables for `runs`: final test accuracy, the test accuracy at the best validation
+    epoch (when runs hold out a validation split), then status, per setting."""
     parts = []
     for title, group in _settings(runs):
-        for column, what in (("final_test_acc", "final"), ("best_test_acc", "best")):
-            parts.append(render(accuracy_table(group, column), fmt, f"{what} test acc % — {title}"))
+        for column, what in ACCURACIES:
+            if column in group and group[column].notna().any():
+                parts.append(render(accuracy_table(group, column), fmt, f"{what} — {title}"))
         parts.append(render(status_table(group), fmt, f"status — {title}"))
     counts = runs["status"].value_counts().to_dict()
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
@@ -291,11 +353,14 @@ def plot(runs: pd.DataFrame, epochs: pd.DataFrame, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    setting = [k for k in SETTING if k != "model"]
-    for key, group in runs.groupby(setting, sort=True):
+    # One figure per setting but the model: the models are its panels.
+    setting = [c for c in identity_columns(runs) if c not in ("run_id", MODEL, *AXES)]
+    varying = [c for c in setting if runs[c].nunique(dropna=False) > 1]
+    for key, group in runs.groupby(setting, sort=True, dropna=False):
         values = dict(zip(setting, key, strict=True))
-        slug = "{dataset}-w{width}-{optimizer}-lr{lr:g}-e{epochs}".format(**values)
-        label = "{dataset}, width {width}, {optimizer} lr {lr:g}, {epochs} epochs".format(**values)
+        label = f"{values[DATASET]}, {_details(values, varying)}"
+        slug = hashlib.sha256(label.encode()).hexdigest()[:6]
+        slug = f"{values[DATASET]}-w{values[WIDTH]}-{slug}"
         sub_epochs = epochs.merge(group[["run_id"]], on="run_id") if not epochs.empty else epochs
         for name, draw in (
             ("curves", _plot_curves),
@@ -321,7 +386,7 @@ def _natural(name: str) -> tuple[str, int]:
 
 
 def _models(runs: pd.DataFrame) -> list[str]:
-    return sorted(runs["model"].unique(), key=_natural)
+    return sorted(runs[MODEL].unique(), key=_natural)
 
 
 def _norm_colors(norms: Iterable[str]) -> dict[str, str]:
@@ -339,8 +404,8 @@ def _plot_curves(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: str):
     if epochs.empty:
         return None
     models = _models(runs)
-    sizes = sorted(runs["batch_size"].unique())
-    colors = _norm_colors(runs["norm"].unique())
+    sizes = sorted(runs[BATCH_SIZE].unique())
+    colors = _norm_colors(runs[NORM].unique())
     fig, axes = plt.subplots(
         len(models),
         len(sizes),
@@ -351,8 +416,8 @@ def _plot_curves(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: str):
     for i, model in enumerate(models):
         for j, size in enumerate(sizes):
             ax = axes[i][j]
-            cell = epochs[(epochs["model"] == model) & (epochs["batch_size"] == size)]
-            for norm, curves in cell.groupby("norm"):
+            cell = epochs[(epochs[MODEL] == model) & (epochs[BATCH_SIZE] == size)]
+            for norm, curves in cell.groupby(NORM):
                 stats = curves.groupby("epoch")["test_acc"].agg(["mean", "min", "max"])
                 # Markers: a run that diverged after one epoch is still a visible point.
                 ax.plot(
@@ -363,7 +428,7 @@ def _plot_curves(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: str):
                     markersize=3,
                     label=norm,
                 )
-                if curves["seed"].nunique() > 1:
+                if curves[SEED].nunique() > 1:
                     ax.fill_between(
                         stats.index, stats["min"], stats["max"], color=colors[norm], alpha=0.2
                     )
@@ -383,13 +448,13 @@ def _plot_final_vs_batch(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: s
     if done.empty:
         return None
     models = _models(runs)
-    colors = _norm_colors(runs["norm"].unique())
+    colors = _norm_colors(runs[NORM].unique())
     fig, axes = plt.subplots(
         1, len(models), figsize=(max(4.2 * len(models), 5.5), 4.0), squeeze=False, sharey=True
     )
     for ax, model in zip(axes[0], models, strict=True):
-        for norm, cell in done[done["model"] == model].groupby("norm"):
-            stats = cell.groupby("batch_size")["final_test_acc"].agg(["mean", "std"])
+        for norm, cell in done[done[MODEL] == model].groupby(NORM):
+            stats = cell.groupby(BATCH_SIZE)["final_test_acc"].agg(["mean", "std"])
             ax.errorbar(
                 stats.index,
                 stats["mean"],
@@ -400,7 +465,7 @@ def _plot_final_vs_batch(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: s
                 label=norm,
             )
         ax.set_xscale("log", base=2)
-        sizes = sorted(runs["batch_size"].unique())
+        sizes = sorted(runs[BATCH_SIZE].unique())
         ax.set_xticks(sizes, [str(s) for s in sizes])
         ax.minorticks_off()
         ax.set_title(model)
@@ -416,7 +481,7 @@ def _plot_final_vs_batch(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: s
 
 def _plot_heatmap(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: str):
     models = _models(runs)
-    norms, sizes = sorted(runs["norm"].unique()), sorted(runs["batch_size"].unique())
+    norms, sizes = sorted(runs[NORM].unique()), sorted(runs[BATCH_SIZE].unique())
     done = runs[runs["status"] == "completed"]
     if done.empty:
         return None
@@ -431,8 +496,8 @@ def _plot_heatmap(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: str):
     )
     for ax, model in zip(axes[0], models, strict=True):
         grid = (
-            done[done["model"] == model]
-            .pivot_table(index="norm", columns="batch_size", values="final_test_acc")
+            done[done[MODEL] == model]
+            .pivot_table(index=NORM, columns=BATCH_SIZE, values="final_test_acc")
             .reindex(index=norms, columns=sizes)
         )
         image = ax.imshow(grid.values.astype(float), cmap="viridis", vmin=low, vmax=high)

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,8 @@ from bnstudy.errors import PROG, USER_ERRORS, as_out_of_memory, exit_with, first
 from bnstudy.gpus import claim_gpu
 from bnstudy.norms import count_norm_parameters
 from bnstudy.parts import Parts, build_parts, checkpoint_state, restore
-from bnstudy.records import FINISHED, EpochMetrics, RecordsError, RunFolder
-from bnstudy.sweep import record_job
+from bnstudy.records import FINISHED, EpochMetrics, RecordsError, RunFolder, Summary
+from bnstudy.sweep import record_job, record_start
 from bnstudy.train import Diverged, fit
 
 log = logging.getLogger("bnstudy")
@@ -76,9 +76,10 @@ def _training_device(name: str) -> Iterator[torch.device]:
 def execute(cfg: DictConfig, run_dir: Path) -> Outcome:
     """Train and evaluate one config, recording into `run_dir`."""
     config = preflight.check(cfg)  # done before the folder was made; again for a sweep's cell
-    run_id = records.run_id(config)
+    ident = records.identity(config)
+    record_start(ident, run_dir)
     folder = RunFolder(run_dir)
-    folder.check_owner(run_id)
+    folder.check_owner(ident["run_id"])
     with folder.lock() as locked:
         if not locked:
             return Outcome(
@@ -90,7 +91,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> Outcome:
             folder.drop_checkpoint()  # left by a kill after the summary said finished
             return Outcome(previous["status"], skipped=True, error=previous["error"])
         with _training_device(cfg.device.name) as device:
-            return _train(cfg, config, run_id, folder, previous, device)
+            return _train(cfg, ident, folder, previous, device)
 
 
 def _build(cfg: DictConfig, device: torch.device) -> Parts:
@@ -109,74 +110,76 @@ def _size_of(cfg: DictConfig) -> str:
 
 def _train(
     cfg: DictConfig,
-    config: dict[str, Any],
-    run_id: str,
+    ident: dict[str, Any],
     folder: RunFolder,
     previous: dict[str, str] | None,
     device: torch.device,
 ) -> Outcome:
-    ident = {"run_id": run_id, **records.identity(config)}
-    # Until the checkpoint says which epochs stand, the rows on disk are the run's progress.
-    rows: list[dict[str, Any]] = list(folder.read_metrics())
-    summary: dict[str, Any] = {
-        **ident,
-        "status": "running",
-        "device": _device_label(device),
-        "precision": config["trainer"]["precision"],
-        "torch_version": torch.__version__,
-        "torchvision_version": torchvision.__version__,
-        "hydra_version": hydra.__version__,
-        "python_version": platform.python_version(),
-        "started_at": previous["started_at"] if previous else _now(),
-    }
+    # Until the checkpoint says which epochs stand, the epochs on disk are the run's progress.
+    epochs = folder.read_metrics()
+    summary = Summary(
+        status="running",
+        device=_device_label(device),
+        torch_version=torch.__version__,
+        torchvision_version=torchvision.__version__,
+        hydra_version=hydra.__version__,
+        python_version=platform.python_version(),
+        started_at=previous["started_at"] if previous else _now(),
+    )
     # Wall time adds up over resumed sessions.
     earlier_seconds = float(previous["wall_seconds"] or 0) if previous else 0.0
     started = time.perf_counter()
 
     def record(status: str, **extra: Any) -> None:
-        summary.update(
+        nonlocal summary
+        summary = replace(
+            summary,
             status=status,
-            **records.progress(rows),
+            **records.progress(epochs),
             wall_seconds=round(earlier_seconds + time.perf_counter() - started, 3),
             updated_at=_now(),
             **extra,
         )
-        folder.write_summary(summary)
+        folder.write_summary(ident, summary)
 
     record("running")  # from here on, every way out of this run leaves a status
     try:
         parts = _build(cfg, device)
-        summary["n_params"] = sum(p.numel() for p in parts.model.parameters())
-        summary["n_norm_params"] = count_norm_parameters(parts.model)
+        summary = replace(
+            summary,
+            n_params=sum(p.numel() for p in parts.model.parameters()),
+            n_norm_params=count_norm_parameters(parts.model),
+        )
         start_epoch = 1
         checkpoint = folder.load_checkpoint()
         if checkpoint is not None:
             start_epoch = restore(parts, checkpoint, cfg.trainer.epochs, folder.checkpoint_path)
             log.info("resuming %s from epoch %d", folder.path, start_epoch)
-        # Rows written after the checkpoint belong to an epoch that will be trained again.
-        rows = [r for r in rows if int(r["epoch"]) < start_epoch]
+        # Epochs written after the checkpoint will be trained again.
+        epochs = [m for m in epochs if m.epoch < start_epoch]
 
         def on_epoch_end(m: EpochMetrics) -> None:
-            rows.append({**ident, **{c: getattr(m, c) for c in records.EPOCH_COLUMNS}})
+            epochs.append(m)
             # Metrics before checkpoint: a crash in between only repeats this epoch on resume.
-            folder.write_metrics(rows)
+            folder.write_metrics(ident, epochs)
             folder.save_checkpoint(checkpoint_state(parts, m.epoch))
             record("running")
             _log_epoch(m, cfg.trainer.epochs)
 
         log.info(
             "run %s on %s (%s): %s params (%s in norm layers) -> %s",
-            run_id,
-            summary["device"],
-            summary["precision"],
-            f"{summary['n_params']:,}",
-            f"{summary['n_norm_params']:,}",
+            ident["run_id"],
+            summary.device,
+            ident["trainer.precision"],
+            f"{summary.n_params:,}",
+            f"{summary.n_norm_params:,}",
             folder.path,
         )
         try:
             fit(
                 parts.train_model,
                 parts.train_loader,
+                parts.val_loader,
                 parts.test_loader,
                 parts.optimizer,
                 parts.schedule,
@@ -211,13 +214,13 @@ def _train(
         folder.drop_checkpoint()
     except OSError as e:
         log.warning("could not remove %s: %s", folder.checkpoint_path, e)
-    log.info(
-        "completed: final test acc %.2f%%, best %.2f%% (epoch %s) -> %s",
-        summary["final_test_acc"],
-        summary["best_test_acc"],
-        summary["best_epoch"],
-        folder.path,
+    best = (
+        f", {summary.test_acc_at_best_val:.2f}% at the best validation epoch "
+        f"({summary.best_val_epoch})"
+        if summary.best_val_epoch is not None
+        else ""
     )
+    log.info("completed: final test acc %.2f%%%s -> %s", summary.final_test_acc, best, folder.path)
     return Outcome("completed")
 
 
@@ -231,12 +234,13 @@ def _record_end(record: Any, status: str, error: str) -> None:
 
 def _log_epoch(m: EpochMetrics, epochs: int) -> None:
     log.info(
-        "epoch %d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%%  lr %.4g  "
-        "%.1f s  %.0f img/s",
+        "epoch %d/%d  train loss %.4f acc %.2f%%  val acc %.2f%%  test loss %.4f acc %.2f%%  "
+        "lr %.4g  %.1f s  %.0f img/s",
         m.epoch,
         epochs,
         m.train_loss,
         m.train_acc,
+        m.val_acc if m.val_acc is not None else float("nan"),
         m.test_loss,
         m.test_acc,
         m.epoch_lr,

@@ -7,7 +7,6 @@ folder, and the process that launched the sweep reads it back when the sweep end
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import sys
@@ -16,66 +15,66 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from hydra import compose
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from bnstudy import records
 from bnstudy.errors import PROG, USER_ERRORS, exit_with
-from bnstudy.preflight import check
+from bnstudy.preflight import check, resolved
 
 LEDGER_ENV = "BNSTUDY_SWEEP_LEDGER"  # inherited by launcher workers and SLURM jobs
 LEDGER_DIR = ".sweeps"
 GRID_SUFFIX = ".grid.json"  # beside each ledger: the runs the sweep was asked for
 
 
-def _override_columns() -> dict[str, str]:
-    """Override key -> identity column: `norm.name` and the group choice `norm` alike."""
-    columns = {}
-    for column, key in records.IDENTITY_KEYS.items():
-        columns[key] = column
-        if key.endswith(".name"):
-            columns[key.removesuffix(".name")] = column
-    return columns
-
-
 def asked_grid(config: DictConfig) -> list[dict[str, Any]]:
-    """Identity of every run a multirun was asked for: the composed config's values, with
-    the swept ones (from hydra.sweeper.params, then the command line) expanded."""
-    job = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-    base = records.identity(OmegaConf.to_container(job, resolve=True))
+    """The identity of every run a multirun was asked for, each composed by Hydra itself from
+    its override combination (so a group's defaults, e.g. optim=adam's lr, are the real ones)."""
     params = config.hydra.sweeper.get("params") or {}
     texts = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
-    columns = _override_columns()
-    swept: dict[str, list[str]] = {}
-    for override in OverridesParser.create().parse_overrides(texts):
-        column = columns.get(override.key_or_group)
-        if column is not None:  # later (command-line) values replace the file's
-            values = override.sweep_string_iterator() if override.is_sweep_override() else None
-            swept[column] = list(values) if values is not None else [str(override.value())]
-    return [
-        {**base, **dict(zip(swept, combo, strict=True))}
-        for combo in itertools.product(*swept.values())
-    ]
+    overrides = OverridesParser.create().parse_overrides(texts)
+    [combinations] = BasicSweeper.split_arguments(overrides, max_batch_size=None)
+    grid = []
+    for combination in combinations:
+        try:
+            job = compose(config.hydra.job.config_name, overrides=combination)
+            grid.append(records.identity(resolved(job)))
+        except USER_ERRORS:
+            continue  # a cell that cannot run is recorded as failed when the sweep reaches it
+    return grid
+
+
+def record_start(ident: dict[str, Any], run_dir: Path) -> None:
+    """Note in the running sweep's ledger which run this job is, before it trains."""
+    _append({"started": True, "run_dir": str(run_dir), "identity": ident})
 
 
 def record_job(status: str, run_dir: Path, error: str = "", skipped: bool = False) -> None:
     """Append this job's outcome to the running sweep's ledger (no-op outside a sweep)."""
+    _append({"status": status, "run_dir": str(run_dir), "error": error, "skipped": skipped})
+
+
+def _append(entry: dict[str, Any]) -> None:
     ledger = os.environ.get(LEDGER_ENV)
-    if not ledger:
+    if not ledger:  # not in a sweep
         return
-    line = json.dumps(
-        {"status": status, "run_dir": str(run_dir), "error": error, "skipped": skipped}
-    )
-    # One short O_APPEND write per job: lines from concurrent jobs do not interleave.
+    # One short O_APPEND write per line: lines from concurrent jobs do not interleave.
     with open(ledger, "a") as f:
-        f.write(line + "\n")
+        f.write(json.dumps(entry, default=str) + "\n")
 
 
 def read_ledger(path: Path) -> list[dict[str, Any]]:
+    """Every line of a ledger: jobs' starts (with their identity) and outcomes (with status)."""
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def outcomes(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in entries if "status" in e]
 
 
 def report(entries: list[dict[str, Any]]) -> str:
@@ -120,7 +119,7 @@ class SweepReport(Callback):
         ledger = os.environ.pop(LEDGER_ENV, None)
         if ledger is None:
             return
-        entries = read_ledger(Path(ledger))
+        entries = outcomes(read_ledger(Path(ledger)))
         # This is the command's own output, after the launcher's log lines.
         print(report(entries), flush=True)
         if any(e["status"] == "failed" for e in entries):

@@ -22,7 +22,7 @@ class Diverged(Exception):
 
 
 def make_optimizer(
-    params: Iterable[Tensor],
+    params: Iterable[Tensor] | Iterable[dict],
     name: str,
     lr: float,
     weight_decay: float,
@@ -31,7 +31,8 @@ def make_optimizer(
     beta1: float = 0.9,
     beta2: float = 0.999,
 ) -> torch.optim.Optimizer:
-    """SGD (uses momentum, nesterov) or Adam (uses beta1, beta2) over `params`."""
+    """SGD (uses momentum, nesterov) or Adam (uses beta1, beta2) over `params` (tensors or
+    parameter groups; a group's own weight_decay overrides `weight_decay`)."""
     if name == "sgd":
         return torch.optim.SGD(
             params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
@@ -133,6 +134,7 @@ def evaluate(
 def fit(
     model: nn.Module,
     train_loader: Iterable[tuple[Tensor, Tensor]],
+    val_loader: Iterable[tuple[Tensor, Tensor]] | None,
     test_loader: Iterable[tuple[Tensor, Tensor]],
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
@@ -144,7 +146,8 @@ def fit(
     autocast_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
 ) -> list[EpochMetrics]:
-    """Train epochs `start_epoch..epochs`, evaluating after each; raises Diverged."""
+    """Train epochs `start_epoch..epochs`, evaluating on validation (if any) and test after
+    each; raises Diverged."""
     history = []
     for epoch in range(start_epoch, epochs + 1):
         epoch_lr = optimizer.param_groups[0]["lr"]
@@ -153,12 +156,17 @@ def fit(
             model, train_loader, optimizer, epoch, log_every, progress, autocast_dtype, scaler
         )
         train_seconds = time.perf_counter() - started
+        val_loss = val_acc = None
+        if val_loader is not None:
+            val_loss, val_acc = evaluate(model, val_loader, autocast_dtype)
         test_loss, test_acc = evaluate(model, test_loader, autocast_dtype)
         schedule.step()
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=train_loss,
             train_acc=train_acc,
+            val_loss=val_loss,
+            val_acc=val_acc,
             test_loss=test_loss,
             test_acc=test_acc,
             epoch_lr=epoch_lr,

@@ -16,8 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
+
 from bnstudy import records, results
-from bnstudy.records import EPOCH_COLUMNS, RunFolder
+from bnstudy.preflight import resolved
+from bnstudy.records import EpochMetrics, RunFolder, Summary
+from bnstudy.run import CONF_DIR
 
 MODELS = ["resnet18", "resnet34", "resnet50", "resnet101"]
 NORMS = ["batchnorm", "affine", "bnminus", "none"]
@@ -29,42 +33,29 @@ def write_runs(root: Path, n_runs: int, epochs: int) -> None:
     # Seeds outermost, so any n_runs is whole grids plus part of one more.
     cells = list(itertools.product(MODELS, NORMS, BATCH_SIZES))
     grid = ((seed, *cell) for seed in itertools.count() for cell in cells)
+    configs = {}
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for model, norm, batch_size in cells:  # the real composed configs, seed aside
+            overrides = [f"model={model}", f"norm={norm}", f"batch_size={batch_size}"]
+            cfg = compose("config", [*overrides, f"trainer.epochs={epochs}", "device=cpu"])
+            configs[model, norm, batch_size] = resolved(cfg)
     for seed, model, norm, batch_size in itertools.islice(grid, n_runs):
-        config = {
-            "dataset": {"name": "cifar10"},
-            "model": {"name": model, "width": 64},
-            "norm": {"name": norm},
-            "batch_size": batch_size,
-            "seed": seed,
-            "optim": {"name": "sgd", "lr": 0.1},
-            "trainer": {"epochs": epochs},
-        }
-        ident = {"run_id": records.run_id(config), **records.identity(config)}
+        config = {**configs[model, norm, batch_size], "seed": seed}
+        ident = records.identity(config)
         ceiling = {"batchnorm": 94, "bnminus": 92, "affine": 88, "none": 85}[norm]
         ceiling -= 4 * math.log2(512 / batch_size) / 6 + rng.random()
-        rows = []
+        history = []
         for epoch in range(1, epochs + 1):
             acc = ceiling * (1 - math.exp(-epoch / (epochs / 5)))
-            values = [epoch, 2.3 * math.exp(-epoch / 40), acc + 3, 0.3, acc, 0.1, 20.0, 2500.0]
-            rows.append({**ident, **dict(zip(EPOCH_COLUMNS, values, strict=True))})
+            loss = 2.3 * math.exp(-epoch / 40)
+            history.append(
+                EpochMetrics(epoch, loss, acc + 3, 0.3, acc + 1, 0.3, acc, 0.1, 20.0, 2500.0)
+            )
         folder = RunFolder(root / records.run_path(config))
         folder.path.mkdir(parents=True)
-        folder.write_metrics(rows)
-        best = max(rows, key=lambda r: r["test_acc"])
-        folder.write_summary(
-            {
-                **ident,
-                "status": "completed",
-                "epochs_done": epochs,
-                "final_test_acc": rows[-1]["test_acc"],
-                "best_test_acc": best["test_acc"],
-                "best_epoch": best["epoch"],
-                "n_params": 11173962,
-                "n_norm_params": 9600,
-                "wall_seconds": 3600.0,
-                "device": "cuda",
-            }
-        )
+        folder.write_metrics(ident, history)
+        summary = Summary("completed", **records.progress(history), n_params=11173962)
+        folder.write_summary(ident, summary)
 
 
 def main() -> None:

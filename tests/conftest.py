@@ -29,6 +29,7 @@ TINY = [
     "trainer.epochs=2",
     "data.train_subset=256",
     "data.test_subset=128",
+    "data.val_size=64",
     "batch_size=64",
 ]
 
@@ -105,40 +106,45 @@ def write_run(
     status: str = "completed",
     model: str = "resnet18",
     error: str = "",
+    val_accs: list[float] | None = None,
+    overrides: tuple[str, ...] = (),
 ) -> Path:
-    """A run folder written by the real records code, with the given test accuracy per epoch."""
-    from bnstudy import records
-    from bnstudy.records import EPOCH_COLUMNS, RunFolder
+    """A run folder written by the real records code for the real composed config (CIFAR-10,
+    3 epochs, plus `overrides`), with the given test (and validation) accuracy per epoch."""
+    from bnstudy import preflight, records
+    from bnstudy.records import EpochMetrics, RunFolder, Summary
 
-    config = {
-        "dataset": {"name": "cifar10"},
-        "model": {"name": model, "width": 64},
-        "norm": {"name": norm},
-        "batch_size": batch_size,
-        "seed": seed,
-        "optim": {"name": "sgd", "lr": 0.1},
-        "trainer": {"epochs": 3},
-    }
-    ident = {"run_id": records.run_id(config), **records.identity(config)}
-    rows = [
-        {
-            **ident,
-            **dict(zip(EPOCH_COLUMNS, [e, 1.0 / e, acc, 0.5, acc, 0.1, 2.0, 100.0], strict=True)),
-        }
-        for e, acc in enumerate(test_accs, start=1)
+    config = preflight.resolved(
+        make_config(
+            "dataset=cifar10",
+            f"model={model}",
+            f"norm={norm}",
+            f"batch_size={batch_size}",
+            f"seed={seed}",
+            "trainer.epochs=3",
+            "device=cpu",
+            *overrides,
+        )
+    )
+    ident = records.identity(config)
+    val_accs = val_accs or [None] * len(test_accs)
+    epochs = [
+        EpochMetrics(
+            epoch=e,
+            train_loss=1.0 / e,
+            train_acc=acc,
+            val_loss=None if val is None else 0.4,
+            val_acc=val,
+            test_loss=0.5,
+            test_acc=acc,
+            epoch_lr=0.1,
+            epoch_seconds=2.0,
+            train_images_per_s=100.0,
+        )
+        for e, (acc, val) in enumerate(zip(test_accs, val_accs, strict=True), start=1)
     ]
     folder = RunFolder(root / records.run_path(config))
     folder.path.mkdir(parents=True)
-    folder.write_metrics(rows)
-    folder.write_summary(
-        {
-            **ident,
-            "status": status,
-            "epochs_done": len(rows),
-            "error": error,
-            "final_test_acc": test_accs[-1] if test_accs else None,
-            "best_test_acc": max(test_accs) if test_accs else None,
-            "best_epoch": test_accs.index(max(test_accs)) + 1 if test_accs else None,
-        }
-    )
+    folder.write_metrics(ident, epochs)
+    folder.write_summary(ident, Summary(status, **records.progress(epochs), error=error))
     return folder.path

@@ -48,7 +48,8 @@ def assert_one_line_error(result: subprocess.CompletedProcess, message: str) -> 
         (["trainer.channels_last=true", "model.width=4"], "trainer.channels_last=true on the CPU"),
         (["device=cuda"], "device=cuda but PyTorch sees no CUDA GPU"),
         (["dataset.root=/nonexistent"], "Fashion-MNIST files missing in /nonexistent"),
-        (["batch_size=1000"], "batch_size=1000 exceeds the 256 training images"),
+        (["batch_size=1000"], "batch_size=1000 exceeds the 192 training images"),
+        (["data.val_size=256"], "data.val_size=256 leaves none of the 256 training images"),
     ],
 )
 def test_bad_config_gives_one_line_and_writes_nothing(tmp_path, args, message):

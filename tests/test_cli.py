@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from bnstudy.records import METRICS_COLUMNS, SUMMARY_COLUMNS
+from bnstudy.records import EPOCH_COLUMNS, SUMMARY_COLUMNS
 from tests.conftest import TINY, run_cli
 
 pytestmark = pytest.mark.slow
@@ -31,20 +31,42 @@ def test_one_run_writes_both_csvs_with_the_right_rows(tmp_path):
     assert run.parent.name == "fashion_mnist"
     assert run.name.startswith("resnet18-w8-bnminus-bs32-seed0-")
     metrics = read(run / "metrics.csv")
-    assert tuple(metrics[0]) == METRICS_COLUMNS
+    identity = tuple(metrics[0])[: -len(EPOCH_COLUMNS)]
+    assert tuple(metrics[0])[len(identity) :] == EPOCH_COLUMNS
+    # Every value that can change the numbers identifies the run, resolved (never "auto").
+    assert identity[0] == "run_id" and run.name.endswith(metrics[0]["run_id"])
+    assert {
+        "optim.weight_decay",
+        "optim.norm_weight_decay",
+        "optim.momentum",
+        "optim.schedule",
+        "norm.eps",
+        "norm.momentum",
+        "data.augment",
+        "data.train_subset",
+        "data.val_size",
+        "data.split_seed",
+        "trainer.precision",
+    } <= set(identity)
+    assert not {"paths.output_root", "device.name", "trainer.progress"} & set(identity)
+    assert metrics[0]["trainer.precision"] == "fp32"
     assert [m["epoch"] for m in metrics] == ["1", "2"]
-    assert {m["norm"] for m in metrics} == {"bnminus"} and {m["batch_size"] for m in metrics} == {
-        "32"
-    }
+    assert {m["norm.name"] for m in metrics} == {"bnminus"}
+    assert {m["batch_size"] for m in metrics} == {"32"}
     assert float(metrics[0]["epoch_lr"]) == 0.1 and float(metrics[1]["epoch_lr"]) == 0.05
     for m in metrics:
         assert 0 <= float(m["test_acc"]) <= 100 and float(m["train_images_per_s"]) > 0
     [summary] = read(run / "summary.csv")
-    assert tuple(summary) == SUMMARY_COLUMNS
+    assert tuple(summary) == (*identity, *SUMMARY_COLUMNS)
+    assert {k: summary[k] for k in identity} == {k: metrics[0][k] for k in identity}
     assert summary["status"] == "completed" and summary["epochs_done"] == "2"
     assert summary["final_test_acc"] == metrics[-1]["test_acc"]
-    best = max(metrics, key=lambda m: float(m["test_acc"]))
-    assert (summary["best_test_acc"], summary["best_epoch"]) == (best["test_acc"], best["epoch"])
+    assert all(0 <= float(m["val_acc"]) <= 100 for m in metrics)
+    best = max(metrics, key=lambda m: float(m["val_acc"]))  # the first of equals, as max
+    assert (summary["best_val_epoch"], summary["test_acc_at_best_val"]) == (
+        best["epoch"],
+        best["test_acc"],
+    )
     assert summary["n_norm_params"] == "0" and int(summary["n_params"]) > 0
     assert summary["device"] == "cpu" and summary["torch_version"]
     assert (run / ".hydra" / "config.yaml").is_file() and (run / "model.pt").is_file()
@@ -95,12 +117,13 @@ def test_cifar10_from_files_in_the_official_format(tmp_path, tiny_cifar):
         "device=cpu",
         "trainer.epochs=1",
         "batch_size=8",
+        "data.val_size=8",
         "norm=affine",
         f"paths.output_root={tmp_path / 'out'}",
     )
     assert result.returncode == 0, result.stderr
     [summary] = read(only_run(tmp_path / "out") / "summary.csv")
-    assert (summary["dataset"], summary["status"]) == ("cifar10", "completed")
+    assert (summary["dataset.name"], summary["status"]) == ("cifar10", "completed")
     assert int(summary["n_norm_params"]) > 0
 
 

@@ -9,6 +9,9 @@ from bnstudy.records import SUMMARY_COLUMNS, RunFolder
 from tests.conftest import write_run
 
 
+VAL = [60.0, 50.0, 55.0]
+
+
 @pytest.fixture
 def sweep(tmp_path):
     """2 variants × 2 batch sizes × 3 seeds, with one cell short of a seed, one failed run,
@@ -21,7 +24,8 @@ def sweep(tmp_path):
     }
     for (norm, bs), finals in accs.items():
         for seed, final in enumerate(finals):
-            write_run(tmp_path, norm, bs, seed, [final - 10, final + 1, final])
+            # Validation peaks at epoch 1, the test set at epoch 2.
+            write_run(tmp_path, norm, bs, seed, [final - 10, final + 1, final], val_accs=VAL)
     write_run(tmp_path, "none", 32, 0, [10.0], status="failed", error="RuntimeError: boom")
     write_run(tmp_path, "none", 32, 1, [10.0], status="diverged")
     write_run(tmp_path, "none", 128, 0, [11.0, 12.0], status="running")
@@ -37,7 +41,7 @@ def tables(root, column):
 def test_collect_gathers_every_run_and_epoch(sweep):
     runs, epochs = results.collect(sweep)
     assert len(runs) == 14 and len(epochs) == 11 * 3 + 1 + 1 + 2
-    row = runs[(runs["norm"] == "batchnorm") & (runs["batch_size"] == 32) & (runs["seed"] == 2)]
+    row = runs[(runs["norm.name"] == "batchnorm") & (runs["batch_size"] == 32) & (runs["seed"] == 2)]
     assert row["final_test_acc"].item() == 94.0
     assert row["run_dir"].item().startswith("cifar10/resnet18-w64-batchnorm-bs32-seed2-")
 
@@ -47,8 +51,16 @@ def test_accuracy_cells_are_mean_std_and_n_over_seeds(sweep):
     assert final.loc["batchnorm", "bs 32"] == "92.00 ± 2.00 (n=3)"
     assert final.loc["batchnorm", "bs 128"] == "82.00 ± 2.00 (n=3)"
     assert final.loc["affine", "bs 128"] == "60.50 ± 0.71 (n=2)"
-    best, _ = tables(sweep, "best_test_acc")
-    assert best.loc["batchnorm", "bs 32"] == "93.00 ± 2.00 (n=3)"
+
+def test_the_best_epoch_is_chosen_on_validation_not_on_test(sweep):
+    at_best_val, _ = tables(sweep, "test_acc_at_best_val")
+    # Epoch 1 (val 60) holds final − 10; the best test epoch (final + 1) is never chosen.
+    assert at_best_val.loc["batchnorm", "bs 32"] == "82.00 ± 2.00 (n=3)"
+    runs, _ = results.collect(sweep)
+    assert set(runs["best_val_epoch"].dropna()) == {1}
+    assert "best_test_acc" not in runs.columns
+    text = results.report(runs)
+    assert "test acc % at the best validation epoch" in text
 
 
 def test_cells_without_completed_runs_show_their_status(sweep):
@@ -112,7 +124,7 @@ def test_cli_writes_tidy_tables_and_figures(sweep):
     runs = pd.read_csv(sweep / "runs.csv")
     epochs = pd.read_csv(sweep / "epochs.csv")
     assert len(runs) == 14 and len(epochs) == 37
-    assert set(epochs.columns) >= {"run_id", "norm", "batch_size", "seed", "epoch", "test_acc"}
+    assert set(epochs.columns) >= {"run_id", "norm.name", "batch_size", "seed", "epoch", "test_acc"}
     figures = sorted(p.name.split("-")[0] for p in sweep.glob("*.png"))
     assert figures == ["curves", "final_vs_batch_size", "heatmap"]
     for png in sweep.glob("*.png"):
@@ -136,7 +148,7 @@ def test_damaged_records_are_reported_by_path_and_left_out(sweep):
     (garbage / "summary.csv").write_bytes(b"\x00\x17PK garbage,\n\xff\xfe")
     header_only = sweep / "cifar10" / "header-only"
     header_only.mkdir()
-    (header_only / "summary.csv").write_text(",".join(SUMMARY_COLUMNS) + "\n")
+    (header_only / "summary.csv").write_text(",".join((*results.REQUIRED, *SUMMARY_COLUMNS)) + "\n")
     [good] = [p for p in sweep.rglob("metrics.csv") if "affine-bs128-seed1" in str(p)]
     lines = good.read_text().splitlines()
     lines[2] = lines[2].rsplit(",", 3)[0] + ",oops"  # a row cut short by a crash of the disk

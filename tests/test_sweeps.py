@@ -28,7 +28,7 @@ def summaries_by_folder(root: Path) -> dict[str, dict[str, str]]:
 
 def summaries(root: Path) -> dict[tuple[str, str], dict[str, str]]:
     """(norm, batch_size) -> summary row, for every run below root."""
-    return {(r["norm"], r["batch_size"]): r for r in summaries_by_folder(root).values()}
+    return {(r["norm.name"], r["batch_size"]): r for r in summaries_by_folder(root).values()}
 
 
 def metrics(run: Path) -> list[dict[str, str]]:
