@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bnstudy import preflight, records
-from bnstudy.records import RunFolder
+from bnstudy.records import RunFolder, Summary
 from tests.conftest import TINY, make_config, run_cli, write_fashion_mnist, write_idx
 
 
@@ -138,7 +138,7 @@ def tiny_run_folder(root: Path, *overrides: str) -> tuple[Path, str]:
 def test_hydra_run_dir_pointing_at_another_run_is_refused_before_hydra_writes(tmp_path):
     other = tmp_path / "other-run"
     (other / ".hydra").mkdir(parents=True)
-    RunFolder(other).write_summary({"run_id": "0123abcd", "status": "completed"})
+    RunFolder(other).write_summary({"run_id": "0123abcd"}, Summary("completed"))
     for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
         (other / ".hydra" / name).write_text(f"the other run's {name}")
     before = {p: p.read_bytes() for p in other.rglob("*") if p.is_file()}
@@ -156,7 +156,7 @@ class Payload:
 def test_a_malicious_checkpoint_is_refused_in_our_own_words(tmp_path):
     folder, run_id = tiny_run_folder(tmp_path)
     folder.mkdir(parents=True)
-    RunFolder(folder).write_summary({"run_id": run_id, "status": "interrupted"})
+    RunFolder(folder).write_summary({"run_id": run_id}, Summary("interrupted"))
     with open(folder / "checkpoint.pt", "wb") as f:
         pickle.dump({"epoch": 1, "x": Payload()}, f)
     result = run_cli(*TINY, f"paths.output_root={tmp_path}")

@@ -99,3 +99,8 @@ def test_slurm_preset_asks_one_gpu_and_requeues():
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.gpus_per_node == 1 and launcher.timeout_min > 0
     assert launcher.max_num_timeout > 0
+
+
+def test_the_paper_grid_trains_on_all_training_images():
+    assert hydra_config("experiment=paper").data.val_size == 0
+    assert make_config().data.val_size == 5000

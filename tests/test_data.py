@@ -11,6 +11,7 @@ from bnstudy.data import (
     DatasetError,
     GpuLoader,
     Split,
+    hold_out,
     load_dataset,
     random_crop,
     read_cifar_batch,
@@ -253,3 +254,16 @@ def test_a_one_channel_batch_is_nchw_unless_channels_last_is_asked():
         )
         x, _ = next(iter(loader))
         assert x.stride() == strides
+
+
+def test_the_validation_split_is_fixed_by_its_own_seed_and_disjoint_from_training():
+    split = numbered_split(n=50)
+    train, val = hold_out(split, 10, seed=0)
+    again, val_again = hold_out(split, 10, seed=0)
+    _, other = hold_out(split, 10, seed=1)
+    assert torch.equal(val.labels, val_again.labels) and torch.equal(train.labels, again.labels)
+    assert not torch.equal(val.labels, other.labels)
+    assert len(train.labels) == 40 and len(val.labels) == 10
+    assert set(train.labels.tolist()) | set(val.labels.tolist()) == set(range(50))
+    assert not set(train.labels.tolist()) & set(val.labels.tolist())
+    assert hold_out(split, 0, seed=0) == (split, None)

@@ -9,7 +9,16 @@ import torch
 
 from bnstudy import run as run_module
 from bnstudy.gpus import claim_gpu
-from bnstudy.records import SUMMARY_COLUMNS, RecordsError, RunFolder, write_atomic
+from bnstudy.norms import norm_parameters
+from bnstudy.parts import build_parts
+from bnstudy.records import (
+    SUMMARY_COLUMNS,
+    RecordsError,
+    RunFolder,
+    Summary,
+    write_atomic,
+    write_csv,
+)
 from tests.conftest import TINY, make_config
 
 
@@ -23,7 +32,7 @@ def test_write_atomic_replaces_whole_files_and_leaves_no_temporary(tmp_path):
 
 def test_a_folder_holding_another_run_is_refused(tmp_path):
     folder = RunFolder(tmp_path)
-    folder.write_summary({"run_id": "aaaa1111", "status": "completed"})
+    folder.write_summary({"run_id": "aaaa1111"}, Summary("completed"))
     folder.check_owner("aaaa1111")
     with pytest.raises(RecordsError, match="holds run 'aaaa1111', not 'bbbb2222'"):
         folder.check_owner("bbbb2222")
@@ -86,3 +95,36 @@ def test_concurrent_runs_claim_different_gpus(tmp_path):
         assert (first, second) == (0, 1)
     with claim_gpu(2, tmp_path) as again:
         assert again == 0  # released when the first run ended
+
+
+def test_a_record_with_an_unknown_or_missing_field_is_an_error(tmp_path):
+    with pytest.raises(TypeError):
+        Summary("completed", best_test_acc=90.0)  # a field the summary does not have
+    with pytest.raises(TypeError):
+        Summary()  # no status
+    with pytest.raises(ValueError, match=r"unknown fields \['typo'\], missing fields \['b'\]"):
+        write_csv(tmp_path / "x.csv", ("a", "b"), [{"a": 1, "typo": 2}])
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_weight_decay_on_norm_parameters_is_its_own_key(tmp_path):
+    """With optim.norm_weight_decay=0 a step with zero gradients leaves γ and β where they
+    are and shrinks every other weight by lr·weight_decay."""
+    for norm_decay, norm_shrinks in [("0", False), ("0.01", True)]:
+        cfg = make_config(*TINY, "norm=affine", f"optim.norm_weight_decay={norm_decay}")
+        parts = build_parts(cfg, torch.device("cpu"))
+        model = parts.model
+        with torch.no_grad():  # γ, β away from 1, 0 so that decay shows
+            for p in norm_parameters(model):
+                p.fill_(0.5)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        parts.optimizer.step()
+        in_norms = {id(p) for p in norm_parameters(model)}
+        for name, p in model.named_parameters():
+            factor = 1 - 0.1 * (float(norm_decay) if id(p) in in_norms else 5e-4)
+            torch.testing.assert_close(p.detach(), before[name] * factor)
+            shrank = not torch.equal(p.detach(), before[name])
+            assert shrank == (norm_shrinks if id(p) in in_norms else True), name
+        assert len(in_norms) == 2 * 20  # γ and β of resnet18's 20 AffineLayers

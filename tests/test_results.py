@@ -1,3 +1,4 @@
+import shutil
 import subprocess
 import sys
 
@@ -7,7 +8,6 @@ import pytest
 from bnstudy import results
 from bnstudy.records import SUMMARY_COLUMNS, RunFolder
 from tests.conftest import write_run
-
 
 VAL = [60.0, 50.0, 55.0]
 
@@ -41,7 +41,9 @@ def tables(root, column):
 def test_collect_gathers_every_run_and_epoch(sweep):
     runs, epochs = results.collect(sweep)
     assert len(runs) == 14 and len(epochs) == 11 * 3 + 1 + 1 + 2
-    row = runs[(runs["norm.name"] == "batchnorm") & (runs["batch_size"] == 32) & (runs["seed"] == 2)]
+    row = runs[
+        (runs["norm.name"] == "batchnorm") & (runs["batch_size"] == 32) & (runs["seed"] == 2)
+    ]
     assert row["final_test_acc"].item() == 94.0
     assert row["run_dir"].item().startswith("cifar10/resnet18-w64-batchnorm-bs32-seed2-")
 
@@ -51,6 +53,7 @@ def test_accuracy_cells_are_mean_std_and_n_over_seeds(sweep):
     assert final.loc["batchnorm", "bs 32"] == "92.00 ± 2.00 (n=3)"
     assert final.loc["batchnorm", "bs 128"] == "82.00 ± 2.00 (n=3)"
     assert final.loc["affine", "bs 128"] == "60.50 ± 0.71 (n=2)"
+
 
 def test_the_best_epoch_is_chosen_on_validation_not_on_test(sweep):
     at_best_val, _ = tables(sweep, "test_acc_at_best_val")
@@ -166,3 +169,33 @@ def test_damaged_records_are_reported_by_path_and_left_out(sweep):
     epochs = pd.read_csv(sweep / "epochs.csv")
     assert len(runs) == 14 and len(epochs) == 37 - 3  # the damaged run's three epochs left out
     assert "14 runs:" in result.stdout
+
+
+def test_two_folders_of_one_run_are_counted_once_with_a_warning(tmp_path):
+    first = write_run(tmp_path / "a", "batchnorm", 32, 0, [50.0, 60.0, 70.0])
+    copy = tmp_path / "b" / first.relative_to(tmp_path / "a")
+    shutil.copytree(first, copy)
+    warnings = []
+    runs, epochs = results.collect(tmp_path, warn=warnings.append)
+    assert len(runs) == 1 and len(epochs) == 3
+    [warning] = warnings
+    assert (
+        str(first.relative_to(tmp_path)) in warning and str(copy.relative_to(tmp_path)) in warning
+    )
+    assert "hold the same run" in warning
+
+
+def test_a_run_folder_from_before_full_identities_is_left_out_with_a_note(tmp_path):
+    write_run(tmp_path, "batchnorm", 32, 0, [50.0])
+    old = tmp_path / "cifar10" / "resnet18-w64-batchnorm-bs32-seed0-1a2b3c4d"
+    old.mkdir(parents=True)
+    (old / "summary.csv").write_text(
+        "run_id,dataset,model,width,norm,batch_size,seed,optimizer,lr,epochs,status\n"
+        "1a2b3c4d,cifar10,resnet18,64,batchnorm,32,0,sgd,0.1,3,completed\n"
+    )
+    warnings = []
+    runs, _ = results.collect(tmp_path, warn=warnings.append)
+    assert len(runs) == 1
+    [warning] = warnings
+    assert warning.startswith(f"{old / 'summary.csv'}: written by a bnstudy before full run")
+    assert "rerun its config" in warning

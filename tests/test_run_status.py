@@ -43,7 +43,7 @@ def test_out_of_memory_while_building_is_one_line_and_a_failed_summary(tmp_path,
         run_module.execute(make_config(*TINY), tmp_path)
     row = summary(tmp_path)
     assert row["status"] == "failed" and row["error"].startswith("out of memory (asked for 4.0")
-    assert row["precision"] == "fp32"
+    assert row["trainer.precision"] == "fp32"
 
 
 def interrupt_after_epoch(monkeypatch, epoch: int) -> None:
@@ -87,10 +87,10 @@ def kill(*args):
 
 real_write = RunFolder.write_summary
 
-def write_unless_completed(self, row):
-    if row["status"] == "completed":
+def write_unless_completed(self, ident, summary):
+    if summary.status == "completed":
         kill()
-    real_write(self, row)
+    real_write(self, ident, summary)
 
 if sys.argv[2] == "before the checkpoint is dropped":
     RunFolder.drop_checkpoint = kill

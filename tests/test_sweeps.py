@@ -1,6 +1,7 @@
 """Sweeps through the real CLI: grids, crash safety, failure isolation, launchers."""
 
 import csv
+import json
 import os
 import shutil
 import signal
@@ -175,3 +176,58 @@ def test_paper_grid_can_be_narrowed_on_the_command_line(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert sorted(summaries(tmp_path)) == [("batchnorm", "64"), ("bnminus", "64")]
+
+
+def results_of(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bnstudy.results", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_runs_that_differ_in_any_key_never_share_a_table_cell(tmp_path):
+    result = run_cli(
+        "-m",
+        *TINY,
+        "trainer.epochs=1",
+        "data.augment=true,false",
+        "optim.weight_decay=0.0005,0.05",
+        f"paths.output_root={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr
+    shown = results_of(tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    titles = [line for line in shown.stdout.splitlines() if line.startswith("final test acc %")]
+    assert len(titles) == 4, shown.stdout
+    for augment, decay in [
+        ("True", "0.0005"),
+        ("True", "0.05"),
+        ("False", "0.0005"),
+        ("False", "0.05"),
+    ]:
+        assert (
+            sum(
+                f"data.augment={augment}" in t and f"optim.weight_decay={decay}" in t
+                for t in titles
+            )
+            == 1
+        )
+    assert "4 runs: 4 completed" in shown.stdout and "missing" not in shown.stdout
+
+
+def test_a_sweep_over_optimizers_leaves_no_false_missing_run(tmp_path):
+    # adam's lr is its group's default (0.001), not sgd's: the grid is composed, not guessed.
+    result = run_cli(
+        "-m", *TINY, "trainer.epochs=1", "optim=sgd,adam", f"paths.output_root={tmp_path}"
+    )
+    assert result.returncode == 0, result.stderr
+    shown = results_of(tmp_path)
+    assert "2 runs: 2 completed" in shown.stdout and "missing" not in shown.stdout, shown.stdout
+    [grid] = (tmp_path / ".sweeps").glob("*.grid.json")
+    asked = json.loads(grid.read_text())
+    assert sorted((a["optim.name"], a["optim.lr"]) for a in asked) == [
+        ("adam", 0.001),
+        ("sgd", 0.1),
+    ]
