@@ -13,11 +13,9 @@ a fresh process, so its peak memory is its own.
 from __future__ import annotations
 
 import argparse
-import gzip
 import itertools
 import multiprocessing
 import resource
-import shutil
 import sys
 import tempfile
 import time
@@ -30,13 +28,13 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from torch import nn
 
-from bnstudy.config import ConfigError, resolve_device, validate
+from bnstudy.config import CONF_DIR, ConfigError, resolve_device
 from bnstudy.data import DATASETS, DatasetError
 from bnstudy.errors import one_line
 from bnstudy.norms import NORMS
 from bnstudy.parts import build_model, build_optimizer, build_parts
+from bnstudy.preflight import check
 from bnstudy.records import write_csv
-from bnstudy.run import CONF_DIR
 from bnstudy.train import train_step
 
 COLUMNS = (
@@ -46,11 +44,11 @@ COLUMNS = (
 
 
 def load_config(overrides: list[str], experiment: str | None = None) -> DictConfig:
-    """The config `python -m bnstudy.run OVERRIDES` would run, validated."""
+    """The config `python -m bnstudy.run OVERRIDES` would run, checked as a run is."""
     extra = [f"experiment={experiment}"] if experiment else []
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, *extra], return_hydra_config=True)
-    validate(cfg)
+    check(cfg)
     return cfg
 
 
@@ -106,9 +104,8 @@ def measure_bnstudy(cfg: DictConfig, warmup: int, steps: int) -> dict[str, Any]:
     }
 
 
-def _torchvision_dataset(cfg: DictConfig, staging: Path) -> torch.utils.data.Dataset:
+def _torchvision_dataset(cfg: DictConfig, scratch: Path) -> torch.utils.data.Dataset:
     """The dataset as torchvision reads it, with the usual per-image transforms."""
-    from torchvision import datasets
     from torchvision import transforms as T
 
     spec = DATASETS[cfg.dataset.name]
@@ -120,18 +117,7 @@ def _torchvision_dataset(cfg: DictConfig, staging: Path) -> torch.utils.data.Dat
             T.Normalize(spec.mean, spec.std),
         ]
     )
-    root = Path(cfg.dataset.root).expanduser()
-    if cfg.dataset.name == "cifar10":
-        parent = root.parent if root.name == datasets.CIFAR10.base_folder else root
-        dataset = datasets.CIFAR10(str(parent), train=True, transform=transform)
-    else:
-        # torchvision wants FashionMNIST/raw/<uncompressed files>; stage them from the .gz.
-        raw = staging / "FashionMNIST" / "raw"
-        raw.mkdir(parents=True, exist_ok=True)
-        for name, _ in datasets.FashionMNIST.resources:
-            with gzip.open(root / name) as src, open(raw / name.removesuffix(".gz"), "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        dataset = datasets.FashionMNIST(str(staging), train=True, transform=transform)
+    dataset = spec.torchvision(Path(cfg.dataset.root).expanduser(), scratch, transform)
     if cfg.data.train_subset is not None:
         dataset = torch.utils.data.Subset(dataset, range(cfg.data.train_subset))
     return dataset

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import II, MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-from bnstudy.accel import COMPILE_MODES, PRECISIONS, FastPathError, resolve_fast_paths
+from bnstudy.accel import COMPILE_MODES, PRECISIONS, FastPathError
 from bnstudy.data import DATASETS
 from bnstudy.models import RESNETS
 from bnstudy.norms import NORMS
+from bnstudy.optim import OPTIMIZERS, SCHEDULES
+from bnstudy.parts import fast_paths
 
-SCHEDULES = ("cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
 
@@ -65,33 +67,6 @@ class DataConfig:
     augment: bool = True
     # Evaluation uses running statistics, so its batch size does not change the results.
     eval_batch_size: int = 1000
-
-
-@dataclass
-class SGDConfig:
-    name: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    # Weight decay on γ and β of the norm layers; by default the same as on the weights.
-    norm_weight_decay: float = II(".weight_decay")
-    nesterov: bool = False
-    schedule: str = "cosine"
-
-
-@dataclass
-class AdamConfig:
-    name: str = "adam"
-    lr: float = 1e-3
-    beta1: float = 0.9
-    beta2: float = 0.999
-    weight_decay: float = 0.0
-    norm_weight_decay: float = II(".weight_decay")
-    schedule: str = "cosine"
-
-
-# The optim group's choices and their schemas (conf/optim/<name>.yaml).
-OPTIMIZERS = {"sgd": SGDConfig, "adam": AdamConfig}
 
 
 @dataclass
@@ -145,7 +120,7 @@ def _at_least(key: str, value: float | None, low: float) -> None:
 
 def _check_keys(cfg: Any) -> None:
     """Refuse keys the schema lacks, including ones added with Hydra's `+key=value`."""
-    optim_schema = OPTIMIZERS.get(cfg.optim.name, dict)
+    optim_schema = OPTIMIZERS[cfg.optim.name].schema if cfg.optim.name in OPTIMIZERS else dict
     schema = OmegaConf.structured(Config(optim=optim_schema()))
 
     def walk(node: DictConfig, known: DictConfig, prefix: str) -> None:
@@ -205,14 +180,7 @@ def validate(cfg: Any) -> None:
                 raise ConfigError(f"optim.{key}={value} is impossible; it must be in [0, 1)")
     device = resolve_device(cfg.device.name)
     try:
-        resolve_fast_paths(
-            device,
-            cfg.trainer.precision,
-            cfg.trainer.channels_last,
-            cfg.trainer.compile,
-            cfg.trainer.cudnn_benchmark,
-            cfg.model.width,
-        )
+        fast_paths(cfg, device)
     except FastPathError as e:
         raise ConfigError(str(e)) from None
 
@@ -244,12 +212,32 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+SCHEMA_SUFFIX = "_schema"  # conf/optim/<name>.yaml builds on the ConfigStore's <name>_schema
+# Absolute, so Hydra finds it whichever way bnstudy.run was loaded.
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def config_groups() -> dict[str, list[str]]:
+    """Each config group and its choices: the YAML files in conf/<group>/ (schemas aside)."""
+    return {
+        group.name: sorted(p.stem for p in group.glob("*.yaml"))
+        for group in sorted(CONF_DIR.iterdir())
+        if group.is_dir() and group.name != "hydra"
+    }
+
+
+def _groups_help() -> str:
+    """`${bnstudy_groups:}` in the --help template: `group: choice, choice` lines."""
+    return "\n".join(f"{group}: {', '.join(names)}" for group, names in config_groups().items())
+
+
 def register_configs() -> None:
-    """Put the schemas where conf/*.yaml refer to them."""
+    """Put the schemas where conf/*.yaml refer to them, and the --help resolver."""
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    for name, schema in OPTIMIZERS.items():
-        cs.store(group="optim", name=f"{name}_schema", node=schema)
+    for name, kind in OPTIMIZERS.items():
+        cs.store(group="optim", name=f"{name}{SCHEMA_SUFFIX}", node=kind.schema)
+    OmegaConf.register_new_resolver("bnstudy_groups", _groups_help, replace=True)
 
 
 # At import, not in run.py's main: launcher workers (submitit, joblib) unpickle the task and

@@ -1,8 +1,5 @@
-"""Dataset readers (real files -> uint8 tensors) and a whole-batch loader on the training device.
-
-The loader follows airbench: the images live on the device as one uint8 tensor, an epoch is
-one seeded `randperm`, and random crop, flip and normalization are tensor ops on whole
-batches, with no per-image Python work.
+"""Dataset readers: the real files -> uint8 tensors, checked; the table of datasets; subsets
+and the validation split. The loader that feeds them to the model is bnstudy/loader.py.
 """
 
 from __future__ import annotations
@@ -12,9 +9,10 @@ import io
 import logging
 import math
 import pickle
+import shutil
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -47,6 +45,9 @@ class DatasetSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     read: Callable[[Path, bool], tuple[Split, Split]]  # (root, download) -> (train, test)
+    # (root, scratch folder, per-image transform) -> the training set as torchvision reads it:
+    # what the benchmark's hand-written reference loop uses.
+    torchvision: Callable[[Path, Path, Callable], torch.utils.data.Dataset]
 
 
 # ---------------------------------------------------------------- Fashion-MNIST (idx .gz files)
@@ -109,6 +110,16 @@ def read_fashion_mnist(root: Path, download: bool) -> tuple[Split, Split]:
             "them, or dataset.download=true"
         )
     return _fashion_mnist_split(root, "train"), _fashion_mnist_split(root, "t10k")
+
+
+def torchvision_fashion_mnist(root: Path, scratch: Path, transform: Callable):
+    # torchvision wants FashionMNIST/raw/<uncompressed files>; stage them from the .gz.
+    raw = scratch / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, _ in FashionMNIST.resources:
+        with gzip.open(root / name) as src, open(raw / name.removesuffix(".gz"), "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return FashionMNIST(str(scratch), train=True, transform=transform)
 
 
 # ------------------------------------------------- CIFAR-10 (the official python pickle batches)
@@ -193,6 +204,10 @@ def read_cifar10(root: Path, download: bool) -> tuple[Split, Split]:
     return split(CIFAR10.train_list), split(CIFAR10.test_list)
 
 
+def torchvision_cifar10(root: Path, scratch: Path, transform: Callable):
+    return CIFAR10(str(_cifar_folder(root).parent), train=True, transform=transform)
+
+
 def _download(url: str, root: Path, name: str, md5: str) -> None:
     try:
         download_url(url, str(root), filename=name, md5=md5)
@@ -203,9 +218,23 @@ def _download(url: str, root: Path, name: str, md5: str) -> None:
 # The one list of datasets: conf/dataset/*.yaml offer exactly these names.
 DATASETS: dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec(
-        32, 3, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), read_cifar10
+        size=32,
+        channels=3,
+        classes=10,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        read=read_cifar10,
+        torchvision=torchvision_cifar10,
     ),
-    "fashion_mnist": DatasetSpec(28, 1, 10, (0.2860,), (0.3530,), read_fashion_mnist),
+    "fashion_mnist": DatasetSpec(
+        size=28,
+        channels=1,
+        classes=10,
+        mean=(0.2860,),
+        std=(0.3530,),
+        read=read_fashion_mnist,
+        torchvision=torchvision_fashion_mnist,
+    ),
 }
 
 
@@ -250,86 +279,3 @@ def hold_out(train: Split, val_size: int, seed: int) -> tuple[Split, Split | Non
     return Split(train.images[kept], train.labels[kept]), Split(
         train.images[val], train.labels[val]
     )
-
-
-# ------------------------------------------------------------------------------ the loader
-
-
-class GpuLoader:
-    """Batches of a split that lives on `device`: shuffled, augmented and normalized there.
-
-    Randomness comes from `generator` (a CPU generator, so its state can be checkpointed and
-    is the same on every device); one epoch draws its permutation, crop offsets and flips at
-    once, then slices them per batch.
-    """
-
-    def __init__(
-        self,
-        split: Split,
-        spec: DatasetSpec,
-        batch_size: int,
-        device: torch.device,
-        train: bool,
-        augment: bool = True,
-        generator: torch.Generator | None = None,
-        pad: int = 4,
-        memory_format: torch.memory_format = torch.contiguous_format,
-    ) -> None:
-        if train and generator is None:
-            raise ValueError("a training loader needs a generator for shuffling")
-        self.images = split.images.to(device)
-        self.labels = split.labels.to(device)
-        self.batch_size = batch_size
-        self.device = device
-        self.train = train
-        self.augment = augment and train
-        self.generator = generator
-        self.pad = pad
-        self.memory_format = memory_format
-        view = (1, -1, 1, 1)
-        # (x/255 − mean)/std folded into one multiply-add.
-        std = torch.tensor(spec.std, device=device).view(view)
-        self.scale = 1.0 / (255.0 * std)
-        self.shift = -torch.tensor(spec.mean, device=device).view(view) / std
-
-    def __len__(self) -> int:
-        n = len(self.images)
-        # Training drops the last partial batch: every step sees exactly `batch_size` images,
-        # which matters in a study of batch size (and BatchNorm needs more than one).
-        return n // self.batch_size if self.train else -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        n = len(self.images)
-        if self.train:
-            order = torch.randperm(n, generator=self.generator).to(self.device)
-            if self.augment:
-                shifts = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=self.generator).to(
-                    self.device
-                )
-                flips = (torch.rand(n, generator=self.generator) < 0.5).to(self.device)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            stop = min(start + self.batch_size, n)
-            if self.train:
-                idx = order[start:stop]
-                x = self.images[idx]
-                if self.augment:
-                    x = random_crop(x, shifts[start:stop], self.pad)
-                    x = torch.where(flips[start:stop].view(-1, 1, 1, 1), x.flip(3), x)
-                y = self.labels[idx]
-            else:
-                x, y = self.images[start:stop], self.labels[start:stop]
-            # clone, not contiguous: a 1-channel crop has channels_last strides that count as
-            # contiguous, and convolutions would then run channels_last (the AVX2 crash).
-            x = x.clone(memory_format=self.memory_format)
-            yield torch.addcmul(self.shift, x.float(), self.scale), y
-
-
-def random_crop(images: Tensor, shifts: Tensor, pad: int) -> Tensor:
-    """Crop each image of the zero-padded batch at its own (dy, dx) offset in [0, 2·pad]."""
-    b, c, h, w = images.shape
-    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-    rows = (shifts[:, 0:1] + torch.arange(h, device=images.device)).view(b, h, 1)
-    cols = (shifts[:, 1:2] + torch.arange(w, device=images.device)).view(b, 1, w)
-    batch = torch.arange(b, device=images.device).view(b, 1, 1)
-    # Advanced indexing gathers B×H×W pixels with all channels: result is B×H×W×C.
-    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)

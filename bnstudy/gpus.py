@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import tempfile
@@ -10,6 +9,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from bnstudy.records import held
 
 log = logging.getLogger(__name__)
 
@@ -26,18 +27,10 @@ def claim_gpu(count: int, lock_dir: Path | None = None, poll_s: float = 5.0) -> 
     waited = False
     while True:
         for index in range(count):
-            handle = open(lock_dir / f"bnstudy-{os.getuid()}-gpu{index}.lock", "w")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
-                continue
-            try:
-                yield index
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-                handle.close()
-            return
+            with held(lock_dir / f"bnstudy-{os.getuid()}-gpu{index}.lock") as ours:
+                if ours:
+                    yield index
+                    return
         if not waited:
             log.info("all %d GPUs are busy with other bnstudy runs; waiting for one", count)
             waited = True

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -49,28 +50,38 @@ class BatchNormMinus(nn.BatchNorm2d):
         super().__init__(num_features, eps=eps, momentum=momentum, affine=False)
 
 
-def _identity(num_features: int) -> nn.Module:
-    return nn.Identity()
+class NoNorm(nn.Identity):
+    """No normalization layer at all: x. A class of its own, so that it is not mistaken for
+    the identity shortcuts of the residual blocks."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
 
 
-# The one list of variants: conf/norm/*.yaml offer exactly these names.
-NORMS: dict[str, Callable[..., nn.Module]] = {
-    "batchnorm": nn.BatchNorm2d,
-    "affine": AffineLayer,
-    "bnminus": BatchNormMinus,
-    "none": _identity,
+@dataclass(frozen=True)
+class NormVariant:
+    layer: type[nn.Module]  # built as layer(channels), plus eps and momentum when it uses them
+    uses_statistics: bool  # batch statistics: takes norm.eps and norm.momentum
+
+
+# The one table of variants: conf/norm/<name>.yaml offers each, and everything else (the
+# factory, the parameter counts, weight decay on γ and β, the docs) reads it from here.
+NORMS: dict[str, NormVariant] = {
+    "batchnorm": NormVariant(nn.BatchNorm2d, uses_statistics=True),
+    "affine": NormVariant(AffineLayer, uses_statistics=False),
+    "bnminus": NormVariant(BatchNormMinus, uses_statistics=True),
+    "none": NormVariant(NoNorm, uses_statistics=False),
 }
-
-# The variants' layer classes: what counts as "a normalization layer" (derived, not a second list).
-NORM_LAYER_TYPES = tuple(v for v in NORMS.values() if isinstance(v, type))
+NORM_LAYER_TYPES = tuple(v.layer for v in NORMS.values())
 
 
 def make_norm(name: str, eps: float = 1e-5, momentum: float = 0.1) -> NormFactory:
-    """Return `channels -> layer` for the named variant; eps/momentum reach the BatchNorm kinds."""
-    layer = NORMS[name]
-    if layer in (nn.BatchNorm2d, BatchNormMinus):
-        return partial(layer, eps=eps, momentum=momentum)
-    return layer
+    """Return `channels -> layer` for the named variant; eps/momentum reach those that keep
+    batch statistics."""
+    variant = NORMS[name]
+    if variant.uses_statistics:
+        return partial(variant.layer, eps=eps, momentum=momentum)
+    return variant.layer
 
 
 def norm_parameters(model: nn.Module) -> list[nn.Parameter]:

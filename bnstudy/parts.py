@@ -19,11 +19,12 @@ from bnstudy.accel import (
     prepare_model,
     resolve_fast_paths,
 )
-from bnstudy.data import DATASETS, GpuLoader, hold_out, load_dataset
+from bnstudy.data import DATASETS, hold_out, load_dataset
+from bnstudy.loader import GpuLoader
 from bnstudy.models import build_resnet
 from bnstudy.norms import make_norm, norm_parameters
+from bnstudy.optim import OPTIMIZERS, SCHEDULES
 from bnstudy.records import RecordsError
-from bnstudy.train import make_optimizer, make_schedule
 
 CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "schedule", "rng", "precision", "device_type")
 
@@ -56,16 +57,16 @@ def build_model(cfg: DictConfig, model_name: str | None = None) -> nn.Module:
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The configured optimizer; γ and β of the norm layers form their own parameter group,
     decayed by optim.norm_weight_decay (every other parameter by optim.weight_decay)."""
-    hyper = {k: v for k, v in cfg.optim.items() if k not in ("schedule", "norm_weight_decay")}
     in_norms = {id(p) for p in norm_parameters(model)}
     groups = [{"params": [p for p in model.parameters() if id(p) not in in_norms]}]
     if in_norms:
         norm_params = [p for p in model.parameters() if id(p) in in_norms]
         groups.append({"params": norm_params, "weight_decay": cfg.optim.norm_weight_decay})
-    return make_optimizer(groups, **hyper)
+    return OPTIMIZERS[cfg.optim.name].build(groups, cfg.optim)
 
 
 def fast_paths(cfg: DictConfig, device: torch.device) -> FastPaths:
+    """The trainer's fast-path keys resolved for `device` (raises FastPathError)."""
     return resolve_fast_paths(
         device,
         cfg.trainer.precision,
@@ -94,7 +95,7 @@ def build_parts(cfg: DictConfig, device: torch.device) -> Parts:
     model = build_model(cfg).to(device)
     train_model = prepare_model(model, fast)
     optimizer = build_optimizer(cfg, model)
-    schedule = make_schedule(optimizer, cfg.optim.schedule, cfg.trainer.epochs)
+    schedule = SCHEDULES[cfg.optim.schedule](optimizer, cfg.trainer.epochs)
     loader_args = {"device": device, "memory_format": fast.memory_format}
     train_loader = GpuLoader(
         train_split,

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bnstudy import records
 from bnstudy.accel import resolve_precision
-from bnstudy.config import ConfigError, resolve_device, validate
+from bnstudy.config import SCHEMA_SUFFIX, ConfigError, config_groups, resolve_device, validate
 from bnstudy.data import load_dataset
 from bnstudy.errors import PROG, USER_ERRORS, exit_with
 from bnstudy.parts import build_model
@@ -121,11 +121,23 @@ def check(cfg: Any) -> dict[str, Any]:
     return resolved(cfg)
 
 
+def check_choices(choices: Any) -> None:
+    """Refuse a group choice that is a schema (optim=sgd_schema): the YAML files are the
+    choices (`python -m bnstudy.run --help`)."""
+    for group, choice in choices.items():
+        if isinstance(choice, str) and choice.endswith(SCHEMA_SUFFIX):
+            offered = config_groups().get(group, [])
+            raise ConfigError(
+                f"{group}={choice} is not a choice; choose one of: {', '.join(offered)}"
+            )
+
+
 def _run_path_resolver(*, _root_: DictConfig) -> str:
     """`${bnstudy_run_path:}` in conf/config.yaml: the run folder of the config being run."""
     # Resolving the hydra node here would resolve hydra.run.dir, i.e. call this again.
     job = OmegaConf.masked_copy(_root_, [k for k in _root_ if k != "hydra"])
     try:
+        check_choices(_root_.hydra.runtime.choices)
         return records.run_path(check(job))
     except ConfigError:
         if _root_.hydra.mode != RunMode.MULTIRUN:
@@ -142,6 +154,7 @@ class RunFolderGuard(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
+            check_choices(config.hydra.runtime.choices)
             run_id = records.run_id(check(config))
             RunFolder(Path(str(config.hydra.run.dir))).check_owner(run_id)
         except USER_ERRORS as e:

@@ -7,18 +7,18 @@ crash at any instant leaves either the old or the new content.
 
 from __future__ import annotations
 
-import csv
-import fcntl
 import hashlib
 import io
 import json
-import os
 import warnings
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+
+# Re-exported: the run folder's file helpers are part of the records' interface.
+from bnstudy.files import RecordsError, held, read_csv, write_atomic, write_csv  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -106,10 +106,6 @@ MODEL_FILE = "model.pt"
 LOCK_FILE = "run.lock"
 
 
-class RecordsError(RuntimeError):
-    """A run folder that cannot be used as asked; the message names the folder."""
-
-
 def _flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in node.items():
@@ -164,60 +160,6 @@ def progress(epochs: list[EpochMetrics]) -> dict[str, Any]:
             best_val_acc=best.val_acc, best_val_epoch=best.epoch, test_acc_at_best_val=best.test_acc
         )
     return view
-
-
-# ------------------------------------------------------------------------- atomic files
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that readers (and crashes) see old or new, never half.
-
-    A write that fails (disk full, no permission) leaves the old file and no temporary behind,
-    and raises RecordsError naming the file.
-    """
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        with suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise RecordsError(
-            f"cannot write {path}: {e.strerror or e}; free some space or make the folder "
-            "writable, or choose another paths.output_root"
-        ) from e
-
-
-def write_csv(path: Path, columns: tuple[str, ...], rows: list[Mapping[str, Any]]) -> None:
-    """Write `rows` under `columns`; a row with a column too many or too few is an error
-    (a typo must not vanish into a blank cell)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        if set(row) != set(columns):
-            unknown, missing = sorted(set(row) - set(columns)), sorted(set(columns) - set(row))
-            raise ValueError(f"{path.name}: unknown fields {unknown}, missing fields {missing}")
-        writer.writerow({c: _cell(row[c]) for c in columns})
-    write_atomic(path, buffer.getvalue().encode())
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value)  # full precision, so reruns can be compared exactly
-    return value
 
 
 # ---------------------------------------------------------------------------- run folder
@@ -324,31 +266,19 @@ class RunFolder:
 
     def is_held(self) -> bool:
         """Whether a live process holds this folder's lock (is training this run now)."""
-        try:
-            with open(self.path / LOCK_FILE) as f:
-                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                fcntl.flock(f, fcntl.LOCK_UN)
-        except FileNotFoundError:
+        if not (self.path / LOCK_FILE).is_file():
             return False
-        except BlockingIOError:
-            return True
-        return False
+        with held(self.path / LOCK_FILE) as ours:
+            return not ours
 
     @contextmanager
     def lock(self) -> Iterator[bool]:
         """Hold the folder's lock; yields False when another process holds it."""
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / LOCK_FILE, "w") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            # Temporary files left by a writer that was killed mid-write: only the lock
-            # holder writes here, so none of them is in use.
-            for stale in self.path.glob(".*.tmp*"):
-                stale.unlink(missing_ok=True)
-            try:
-                yield True
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with held(self.path / LOCK_FILE) as ours:
+            if ours:
+                # Temporary files left by a writer that was killed mid-write: only the lock
+                # holder writes here, so none of them is in use.
+                for stale in self.path.glob(".*.tmp*"):
+                    stale.unlink(missing_ok=True)
+            yield ours

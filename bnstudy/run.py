@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from bnstudy import preflight, records
-from bnstudy.config import resolve_device
+from bnstudy.config import CONF_DIR, resolve_device
 from bnstudy.data import DatasetError
 from bnstudy.errors import PROG, USER_ERRORS, as_out_of_memory, exit_with, first_line, one_line
 from bnstudy.gpus import claim_gpu
@@ -38,8 +38,6 @@ from bnstudy.train import Diverged, fit
 
 log = logging.getLogger("bnstudy")
 
-# Absolute, so Hydra finds it whichever way this module was loaded (see the end of the file).
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 EXIT_LOCKED = 3  # another process is training this run right now
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
@@ -257,6 +255,7 @@ def main(cfg: DictConfig) -> str:
     # run.log, the sweep's ledger) and reported when the sweep ends.
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
+        preflight.check_choices(hydra_cfg.runtime.choices)
         outcome = execute(cfg, run_dir)
     except USER_ERRORS as e:
         # Missing or bad dataset files would fail every run of a sweep alike: stop at once.

@@ -1,7 +1,8 @@
-"""Sweep bookkeeping that works with every launcher: a ledger and the end-of-sweep report.
+"""Sweep bookkeeping that works with every launcher: the grid a sweep was asked for, its
+ledger (bnstudy/ledger.py) and the end-of-sweep report.
 
 Jobs may run in this process (basic launcher), in worker processes (joblib, submitit_local)
-or on other machines (SLURM), so each job appends one JSON line to a ledger file in the sweep
+or on other machines (SLURM), so each job appends JSON lines to a ledger file in the sweep
 folder, and the process that launched the sweep reads it back when the sweep ends.
 """
 
@@ -23,11 +24,8 @@ from omegaconf import DictConfig
 
 from bnstudy import records
 from bnstudy.errors import PROG, USER_ERRORS, exit_with
+from bnstudy.ledger import GRID_SUFFIX, LEDGER_DIR, LEDGER_ENV, append, outcomes, read_ledger
 from bnstudy.preflight import check, resolved
-
-LEDGER_ENV = "BNSTUDY_SWEEP_LEDGER"  # inherited by launcher workers and SLURM jobs
-LEDGER_DIR = ".sweeps"
-GRID_SUFFIX = ".grid.json"  # beside each ledger: the runs the sweep was asked for
 
 
 def asked_grid(config: DictConfig) -> list[dict[str, Any]]:
@@ -49,32 +47,12 @@ def asked_grid(config: DictConfig) -> list[dict[str, Any]]:
 
 def record_start(ident: dict[str, Any], run_dir: Path) -> None:
     """Note in the running sweep's ledger which run this job is, before it trains."""
-    _append({"started": True, "run_dir": str(run_dir), "identity": ident})
+    append({"started": True, "run_dir": str(run_dir), "identity": ident})
 
 
 def record_job(status: str, run_dir: Path, error: str = "", skipped: bool = False) -> None:
     """Append this job's outcome to the running sweep's ledger (no-op outside a sweep)."""
-    _append({"status": status, "run_dir": str(run_dir), "error": error, "skipped": skipped})
-
-
-def _append(entry: dict[str, Any]) -> None:
-    ledger = os.environ.get(LEDGER_ENV)
-    if not ledger:  # not in a sweep
-        return
-    # One short O_APPEND write per line: lines from concurrent jobs do not interleave.
-    with open(ledger, "a") as f:
-        f.write(json.dumps(entry, default=str) + "\n")
-
-
-def read_ledger(path: Path) -> list[dict[str, Any]]:
-    """Every line of a ledger: jobs' starts (with their identity) and outcomes (with status)."""
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def outcomes(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [e for e in entries if "status" in e]
+    append({"status": status, "run_dir": str(run_dir), "error": error, "skipped": skipped})
 
 
 def report(entries: list[dict[str, Any]]) -> str:

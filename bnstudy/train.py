@@ -21,38 +21,6 @@ class Diverged(Exception):
         self.epoch = epoch
 
 
-def make_optimizer(
-    params: Iterable[Tensor] | Iterable[dict],
-    name: str,
-    lr: float,
-    weight_decay: float,
-    momentum: float = 0.9,
-    nesterov: bool = False,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-) -> torch.optim.Optimizer:
-    """SGD (uses momentum, nesterov) or Adam (uses beta1, beta2) over `params` (tensors or
-    parameter groups; a group's own weight_decay overrides `weight_decay`)."""
-    if name == "sgd":
-        return torch.optim.SGD(
-            params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
-        )
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}")
-
-
-def make_schedule(
-    optimizer: torch.optim.Optimizer, name: str, epochs: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-epoch learning-rate schedule: cosine from lr to 0 over `epochs`, or constant."""
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    if name == "constant":
-        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    raise ValueError(f"unknown schedule {name!r}")
-
-
 def train_step(
     model: nn.Module,
     x: Tensor,

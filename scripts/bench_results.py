@@ -18,10 +18,13 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from bnstudy import records, results
+from bnstudy import records
+from bnstudy.collect import collect
+from bnstudy.config import CONF_DIR
+from bnstudy.figures import plot
 from bnstudy.preflight import resolved
 from bnstudy.records import EpochMetrics, RunFolder, Summary
-from bnstudy.run import CONF_DIR
+from bnstudy.tables import report
 
 MODELS = ["resnet18", "resnet34", "resnet50", "resnet101"]
 NORMS = ["batchnorm", "affine", "bnminus", "none"]
@@ -74,15 +77,15 @@ def main() -> None:
             f"{time.perf_counter() - started:.1f} s"
         )
         started = time.perf_counter()
-        runs, epochs = results.collect(root)
+        runs, epochs = collect(root)
         collected = time.perf_counter() - started
-        text = results.report(runs)
+        text = report(runs)
         reported = time.perf_counter() - started - collected
         print(f"collect: {collected:.2f} s ({len(runs)} runs, {len(epochs)} epoch rows)")
         print(f"tables:  {reported:.2f} s ({text.count(chr(10))} lines)")
         if args.plot:
             started = time.perf_counter()
-            figures = results.plot(runs, epochs, root)
+            figures = plot(runs, epochs, root)
             print(f"figures: {time.perf_counter() - started:.2f} s ({len(figures)} files)")
 
 

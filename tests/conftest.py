@@ -21,17 +21,8 @@ CONF = REPO / "conf"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 
-# Small enough to train in seconds on 2 CPU cores.
-TINY = [
-    "dataset=fashion_mnist",
-    "model.width=8",
-    "device=cpu",
-    "trainer.epochs=2",
-    "data.train_subset=256",
-    "data.test_subset=128",
-    "data.val_size=64",
-    "batch_size=64",
-]
+# Small enough to train in seconds on 2 CPU cores (conf/debug/fast.yaml).
+TINY = ["debug=fast"]
 
 
 def make_config(*overrides: str):

@@ -10,7 +10,8 @@ import torch
 
 from bnstudy import accel
 from bnstudy.accel import FastPathError, resolve_fast_paths
-from bnstudy.data import DATASETS, GpuLoader, Split
+from bnstudy.data import DATASETS, Split
+from bnstudy.loader import GpuLoader
 from bnstudy.models import build_resnet
 from bnstudy.norms import NORMS, make_norm
 from bnstudy.train import train_step
@@ -116,11 +117,8 @@ def test_bench_prints_and_writes_both_paths(tmp_path):
             sys.executable,
             "-m",
             "bnstudy.bench",
-            "dataset=fashion_mnist",
-            "model.width=4",
+            *TINY,
             "batch_size=32",
-            "data.train_subset=256",
-            "device=cpu",
             "--steps",
             "2",
             "--warmup",

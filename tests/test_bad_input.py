@@ -32,6 +32,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, message: str) -> 
         (["batch_size=abc"], "batch_size"),
         (["norm=layernorm"], "norm/layernorm'; choose one of: affine, batchnorm, bnminus, none"),
         (["optim=rmsprop"], "optim/rmsprop'; choose one of: adam, sgd"),
+        (["optim=sgd_schema"], "optim=sgd_schema is not a choice; choose one of: adam, sgd"),
         (["batch_size=0"], "batch_size=0 is impossible"),
         (["optim.lr=-1"], "optim.lr=-1.0 is impossible"),
         (["optim.lr=nan"], "optim.lr=nan is impossible; it must be a finite number > 0"),

@@ -23,10 +23,6 @@ def test_defaults_compose_and_validate():
     assert (cfg.batch_size, cfg.model.width, cfg.optim.name) == (128, 64, "sgd")
 
 
-def test_model_names_match_the_config_group():
-    assert sorted(p.stem for p in (CONF / "model").glob("*.yaml")) == sorted(RESNETS)
-
-
 @pytest.mark.parametrize(
     ("override", "key"),
     [

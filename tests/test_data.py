@@ -9,14 +9,13 @@ import torch
 from bnstudy.data import (
     DATASETS,
     DatasetError,
-    GpuLoader,
     Split,
     hold_out,
     load_dataset,
-    random_crop,
     read_cifar_batch,
     read_idx,
 )
+from bnstudy.loader import GpuLoader, random_crop
 from tests.conftest import (
     CIFAR_FILES,
     FASHION_MNIST,
@@ -26,10 +25,6 @@ from tests.conftest import (
 )
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def test_dataset_names_match_the_config_group():
-    assert sorted(p.stem for p in (CONF / "dataset").glob("*.yaml")) == sorted(DATASETS)
 
 
 def test_fashion_mnist_reads_the_installed_debian_files():

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnstudy.norms import NORMS, AffineLayer, BatchNormMinus, count_norm_parameters, make_norm
+from bnstudy.norms import AffineLayer, BatchNormMinus, count_norm_parameters, make_norm
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EPS = 1e-5
@@ -27,10 +27,6 @@ def set_gamma_beta(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         layer.weight.copy_(gamma)
         layer.bias.copy_(beta)
     return gamma.view(1, 3, 1, 1), beta.view(1, 3, 1, 1)
-
-
-def test_variant_names_match_the_config_group():
-    assert sorted(p.stem for p in (CONF / "norm").glob("*.yaml")) == sorted(NORMS)
 
 
 def test_batchnorm_train_is_gamma_times_batch_normalized_plus_beta():
@@ -141,3 +137,32 @@ def test_norm_parameter_count(name, expected):
         nn.Conv2d(3, 4, 3), make_norm(name)(4), nn.Conv2d(4, 6, 3), make_norm(name)(6)
     )
     assert count_norm_parameters(model) == expected
+
+
+def test_affine_gradients_with_gamma_not_one_reach_the_input_scaled_by_gamma():
+    layer = AffineLayer(3)
+    gamma, beta = set_gamma_beta(layer)
+    x = batch().requires_grad_()
+    upstream = batch(seed=2)
+    (layer(x) * upstream).sum().backward()
+    torch.testing.assert_close(x.grad, gamma * upstream)
+    torch.testing.assert_close(layer.weight.grad, (x * upstream).sum(dim=(0, 2, 3)))
+    torch.testing.assert_close(layer.bias.grad, upstream.sum(dim=(0, 2, 3)))
+
+
+@pytest.mark.parametrize("name", ["batchnorm", "bnminus"])
+def test_eval_normalizes_each_image_alone_with_the_running_statistics(name):
+    # With batch statistics one image would be normalized differently alone than in a batch.
+    layer = make_norm(name)(3)
+    for seed in range(5):
+        layer.train()(batch(seed))
+    layer.eval()
+    y = batch(seed=9)
+    one_by_one = torch.cat([layer(y[i : i + 1]) for i in range(len(y))])
+    torch.testing.assert_close(layer(y), one_by_one)
+    mean, var = layer.running_mean.view(1, 3, 1, 1), layer.running_var.view(1, 3, 1, 1)
+    scale, shift = (layer.weight, layer.bias) if name == "batchnorm" else (1.0, 0.0)
+    expected = (y - mean) / torch.sqrt(var + EPS)
+    if name == "batchnorm":
+        expected = expected * scale.view(1, 3, 1, 1) + shift.view(1, 3, 1, 1)
+    torch.testing.assert_close(layer(y), expected)

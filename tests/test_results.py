@@ -5,8 +5,9 @@ import sys
 import pandas as pd
 import pytest
 
-from bnstudy import results
+from bnstudy.collect import REQUIRED, collect
 from bnstudy.records import SUMMARY_COLUMNS, RunFolder
+from bnstudy.tables import FORMATS, _settings, accuracy_table, report, status_table
 from tests.conftest import write_run
 
 VAL = [60.0, 50.0, 55.0]
@@ -33,13 +34,13 @@ def sweep(tmp_path):
 
 
 def tables(root, column):
-    runs, _ = results.collect(root)
-    [(_, group)] = list(results._settings(runs))
-    return results.accuracy_table(group, column), results.status_table(group)
+    runs, _ = collect(root)
+    [(_, group)] = list(_settings(runs))
+    return accuracy_table(group, column), status_table(group)
 
 
 def test_collect_gathers_every_run_and_epoch(sweep):
-    runs, epochs = results.collect(sweep)
+    runs, epochs = collect(sweep)
     assert len(runs) == 14 and len(epochs) == 11 * 3 + 1 + 1 + 2
     row = runs[
         (runs["norm.name"] == "batchnorm") & (runs["batch_size"] == 32) & (runs["seed"] == 2)
@@ -59,10 +60,10 @@ def test_the_best_epoch_is_chosen_on_validation_not_on_test(sweep):
     at_best_val, _ = tables(sweep, "test_acc_at_best_val")
     # Epoch 1 (val 60) holds final − 10; the best test epoch (final + 1) is never chosen.
     assert at_best_val.loc["batchnorm", "bs 32"] == "82.00 ± 2.00 (n=3)"
-    runs, _ = results.collect(sweep)
+    runs, _ = collect(sweep)
     assert set(runs["best_val_epoch"].dropna()) == {1}
     assert "best_test_acc" not in runs.columns
-    text = results.report(runs)
+    text = report(runs)
     assert "test acc % at the best validation epoch" in text
 
 
@@ -76,8 +77,8 @@ def test_cells_without_completed_runs_show_their_status(sweep):
 
 
 def test_report_lists_failed_runs_and_counts(sweep):
-    runs, _ = results.collect(sweep)
-    text = results.report(runs)
+    runs, _ = collect(sweep)
+    text = report(runs)
     assert "14 runs: 11 completed, 1 diverged, 1 failed, 1 interrupted" in text
     assert "failed: cifar10/resnet18-w64-none-bs32-seed0-" in text and "RuntimeError: boom" in text
 
@@ -85,7 +86,7 @@ def test_report_lists_failed_runs_and_counts(sweep):
 def test_a_running_run_whose_process_holds_the_lock_shows_as_running(tmp_path):
     path = write_run(tmp_path, "batchnorm", 32, 0, [50.0], status="running")
     with RunFolder(path).lock():
-        runs, _ = results.collect(tmp_path)
+        runs, _ = collect(tmp_path)
     assert runs["status"].tolist() == ["running"]
 
 
@@ -97,10 +98,10 @@ def test_a_grid_cell_with_no_run_at_all_is_missing(tmp_path):
     assert status.loc["affine", "bs 32"] == "missing"
 
 
-@pytest.mark.parametrize("fmt", results.FORMATS)
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_each_format_carries_the_same_cells(sweep, fmt):
-    runs, _ = results.collect(sweep)
-    text = results.report(runs, fmt)
+    runs, _ = collect(sweep)
+    text = report(runs, fmt)
     assert "92.00 ± 2.00 (n=3)" in text or "92.00 $\\pm$ 2.00 (n=3)" in text
     if fmt == "markdown":
         assert "| batchnorm | 92.00 ± 2.00 (n=3) | 82.00 ± 2.00 (n=3) |" in text
@@ -151,7 +152,7 @@ def test_damaged_records_are_reported_by_path_and_left_out(sweep):
     (garbage / "summary.csv").write_bytes(b"\x00\x17PK garbage,\n\xff\xfe")
     header_only = sweep / "cifar10" / "header-only"
     header_only.mkdir()
-    (header_only / "summary.csv").write_text(",".join((*results.REQUIRED, *SUMMARY_COLUMNS)) + "\n")
+    (header_only / "summary.csv").write_text(",".join((*REQUIRED, *SUMMARY_COLUMNS)) + "\n")
     [good] = [p for p in sweep.rglob("metrics.csv") if "affine-bs128-seed1" in str(p)]
     lines = good.read_text().splitlines()
     lines[2] = lines[2].rsplit(",", 3)[0] + ",oops"  # a row cut short by a crash of the disk
@@ -176,7 +177,7 @@ def test_two_folders_of_one_run_are_counted_once_with_a_warning(tmp_path):
     copy = tmp_path / "b" / first.relative_to(tmp_path / "a")
     shutil.copytree(first, copy)
     warnings = []
-    runs, epochs = results.collect(tmp_path, warn=warnings.append)
+    runs, epochs = collect(tmp_path, warn=warnings.append)
     assert len(runs) == 1 and len(epochs) == 3
     [warning] = warnings
     assert (
@@ -194,7 +195,7 @@ def test_a_run_folder_from_before_full_identities_is_left_out_with_a_note(tmp_pa
         "1a2b3c4d,cifar10,resnet18,64,batchnorm,32,0,sgd,0.1,3,completed\n"
     )
     warnings = []
-    runs, _ = results.collect(tmp_path, warn=warnings.append)
+    runs, _ = collect(tmp_path, warn=warnings.append)
     assert len(runs) == 1
     [warning] = warnings
     assert warning.startswith(f"{old / 'summary.csv'}: written by a bnstudy before full run")

@@ -2,6 +2,7 @@
 resumes it wrongly."""
 
 import csv
+import math
 import signal
 import subprocess
 import sys
@@ -190,3 +191,12 @@ def test_a_checkpoint_that_does_not_belong_is_refused(parts_and_state, change, m
 def test_a_checkpoint_round_trip_restores_the_next_epoch(parts_and_state):
     parts, state = parts_and_state
     assert restore(parts, state, 2, WHERE) == 2
+
+
+def test_the_cosine_schedule_sets_every_epochs_learning_rate(tmp_path):
+    run_module.execute(make_config(*TINY, "trainer.epochs=4"), tmp_path)
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        lrs = [float(row["epoch_lr"]) for row in csv.DictReader(f)]
+    # lr_e = 0.1 · (1 + cos(π·(e−1)/4)) / 2 for epochs e = 1..4
+    expected = [0.1 * (1 + math.cos(math.pi * (e - 1) / 4)) / 2 for e in range(1, 5)]
+    assert lrs == pytest.approx(expected, rel=1e-12)

@@ -1,0 +1,85 @@
+"""Files that survive crashes: atomic writes, strict CSV, and lock files the OS releases when
+their holder dies. No torch here: bnstudy.results reads records without it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+
+class RecordsError(RuntimeError):
+    """A run folder or record file that cannot be used as asked; the message names it."""
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that readers (and crashes) see old or new, never half.
+
+    A write that fails (disk full, no permission) leaves the old file and no temporary behind,
+    and raises RecordsError naming the file.
+    """
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise RecordsError(
+            f"cannot write {path}: {e.strerror or e}; free some space or make the folder "
+            "writable, or choose another paths.output_root"
+        ) from e
+
+
+def write_csv(path: Path, columns: tuple[str, ...], rows: list[Mapping[str, Any]]) -> None:
+    """Write `rows` under `columns`; a row with a column too many or too few is an error
+    (a typo must not vanish into a blank cell)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        if set(row) != set(columns):
+            unknown, missing = sorted(set(row) - set(columns)), sorted(set(columns) - set(row))
+            raise ValueError(f"{path.name}: unknown fields {unknown}, missing fields {missing}")
+        writer.writerow({c: _cell(row[c]) for c in columns})
+    write_atomic(path, buffer.getvalue().encode())
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # full precision, so reruns can be compared exactly
+    return value
+
+
+@contextmanager
+def held(path: Path) -> Iterator[bool]:
+    """Try to take the lock file `path` without waiting; yields whether we hold it. The OS
+    releases it when the holder dies (flock), so a killed run never stays locked."""
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
