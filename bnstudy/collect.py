@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bnstudy.controls import variant_label
 from bnstudy.ledger import GRID_SUFFIX, LEDGER_DIR, read_ledger
 from bnstudy.records import (
     BATCH_SIZE,
@@ -32,6 +33,9 @@ from bnstudy.records import (
 # Identity columns every record has; a run's full identity is every column of its summary
 # that is not a Summary field (see `identity_columns`).
 REQUIRED = ("run_id", DATASET, MODEL, WIDTH, NORM, BATCH_SIZE, SEED)
+# A readable name of each run's variant, from its identity (controls.variant_label): the row
+# of the tables. Derived, so not an identity column.
+VARIANT = "variant"
 MISSING = "missing"
 INTERRUPTED = "interrupted"  # status "running" but no process holds the run's lock
 
@@ -140,8 +144,16 @@ def collect(root: Path, warn: Callable[[str], None] = _warn) -> tuple[pd.DataFra
     if not epochs.empty:
         epochs = epochs[epochs["run_dir"].isin(runs["run_dir"])]
         epochs = epochs.sort_values(["run_id", "epoch"]).reset_index(drop=True)
-    runs = runs.sort_values(["run_id", "run_dir"]).reset_index(drop=True)
+    runs = with_variant(runs.sort_values(["run_id", "run_dir"]).reset_index(drop=True))
+    if not epochs.empty:
+        epochs = with_variant(epochs)
     return runs, epochs
+
+
+def with_variant(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with the VARIANT column: norm plus the controls that differ from their default."""
+    labels = [variant_label(row) for row in frame.to_dict("records")]
+    return frame.assign(**{VARIANT: labels})
 
 
 def _once_per_run(runs: pd.DataFrame, warn: Callable[[str], None]) -> pd.DataFrame:
@@ -160,7 +172,7 @@ def _once_per_run(runs: pd.DataFrame, warn: Callable[[str], None]) -> pd.DataFra
 
 def identity_columns(frame: pd.DataFrame) -> list[str]:
     """The identity columns of a runs or epochs frame: everything but the records' fields."""
-    fields = {*SUMMARY_COLUMNS, *EPOCH_COLUMNS, "run_dir"}
+    fields = {*SUMMARY_COLUMNS, *EPOCH_COLUMNS, "run_dir", VARIANT}
     return [c for c in frame.columns if c not in fields]
 
 
@@ -184,4 +196,4 @@ def asked_but_missing(
         return runs.iloc[0:0]
     wanted = pd.DataFrame(asked).drop_duplicates("run_id")
     missing = wanted[~wanted["run_id"].isin(runs["run_id"])]
-    return missing.assign(status=MISSING, run_dir="").reset_index(drop=True)
+    return with_variant(missing.assign(status=MISSING, run_dir="").reset_index(drop=True))

@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from bnstudy.accel import COMPILE_MODES, PRECISIONS, FastPathError
+from bnstudy.controls import CHOICES, DEFAULTS
 from bnstudy.data import DATASETS
 from bnstudy.models import RESNETS
 from bnstudy.norms import NORMS
@@ -37,6 +38,12 @@ class ModelConfig:
     name: str = MISSING
     # Channels of the first stage; 64 is the standard ResNet, 8-16 make CPU runs fast.
     width: int = 64
+    # kaiming (He et al., fan-out) or lsuv: kaiming, then each conv rescaled in network order
+    # to unit output variance on the init batch (Mishkin & Matas 2016).
+    init: str = DEFAULTS["model.init"]
+    # The residual branches start at zero: γ of each block's last norm is 0, or, where that
+    # norm has no γ, a learnable scalar gate at 0 ends the branch (SkipInit, De & Smith 2020).
+    zero_init_residual: bool = DEFAULTS["model.zero_init_residual"]
 
 
 @dataclass
@@ -45,6 +52,16 @@ class NormConfig:
     eps: float = 1e-5
     # Weight of the newest batch in the running mean/var (PyTorch's convention).
     momentum: float = 0.1
+    # Which of γ and β the layers learn: both, scale (γ only) or shift (β only).
+    params: str = DEFAULTS["norm.params"]
+    # groupnorm's groups (fewer where a layer's channels are not divisible).
+    groups: int = 32
+    # affine's starting point: ones (γ=1, β=0) or data (BatchNorm's first-step statistics).
+    init: str = DEFAULTS["norm.init"]
+    # Training images in the fixed, seeded batch that norm.init=data and model.init=lsuv use.
+    init_batch: int = 512
+    # batchnorm/bnminus: fold into AffineLayers after this epoch and train on unnormalized.
+    freeze_after: int | None = None
 
 
 @dataclass
@@ -82,6 +99,8 @@ class TrainerConfig:
     channels_last: bool | None = None
     compile: str = "none"  # none, default, reduce-overhead (CUDA graphs), max-autotune
     cudnn_benchmark: bool = True
+    # all, or norm: only γ, β and the classifier learn; every conv stays at its random init.
+    train_only: str = DEFAULTS["trainer.train_only"]
 
 
 @dataclass
@@ -147,6 +166,7 @@ def validate(cfg: Any) -> None:
     _choice("device.name", cfg.device.name, DEVICES)
     _choice("trainer.precision", cfg.trainer.precision, PRECISIONS)
     _choice("trainer.compile", cfg.trainer.compile, COMPILE_MODES)
+    _check_controls(cfg)
     for key, value in [
         ("batch_size", cfg.batch_size),
         ("trainer.epochs", cfg.trainer.epochs),
@@ -183,6 +203,45 @@ def validate(cfg: Any) -> None:
         fast_paths(cfg, device)
     except FastPathError as e:
         raise ConfigError(str(e)) from None
+
+
+def _check_controls(cfg: Any) -> None:
+    """The controls of bnstudy/controls.py: where each applies, and which go together."""
+    for key, choices in CHOICES.items():
+        group, leaf = key.split(".")
+        _choice(key, cfg[group][leaf], choices)
+    norm, takes = cfg.norm.name, NORMS[cfg.norm.name].takes
+    _at_least("norm.groups", cfg.norm.groups, 1)
+    _at_least("norm.init_batch", cfg.norm.init_batch, 2)
+    with_params = [n for n, v in NORMS.items() if "params" in v.takes]
+    if cfg.norm.params != "both" and "params" not in takes:
+        _not_with(f"norm.params={cfg.norm.params}", f"norm={norm}", f"norm={'|'.join(with_params)}")
+    if cfg.trainer.train_only == "norm" and "params" not in takes:
+        _not_with("trainer.train_only=norm", f"norm={norm}", f"norm={'|'.join(with_params)}")
+    if cfg.norm.init == "data":
+        if norm != "affine":
+            _not_with("norm.init=data", f"norm={norm}", "norm=affine")
+        if cfg.norm.params != "both":
+            _not_with("norm.init=data", f"norm.params={cfg.norm.params}", "norm.params=both")
+        if cfg.model.zero_init_residual:
+            _not_with("norm.init=data", "model.zero_init_residual=true", "one of the two")
+    k = cfg.norm.freeze_after
+    if k is not None:
+        if norm not in ("batchnorm", "bnminus"):
+            _not_with(f"norm.freeze_after={k}", f"norm={norm}", "norm=batchnorm|bnminus")
+        if not 1 <= k < cfg.trainer.epochs:
+            raise ConfigError(
+                f"norm.freeze_after={k} must be in 1..trainer.epochs-1 "
+                f"(trainer.epochs={cfg.trainer.epochs}) to leave epochs after the fold"
+            )
+        if cfg.norm.params != "both":
+            _not_with(f"norm.freeze_after={k}", f"norm.params={cfg.norm.params}", "both")
+        if cfg.trainer.compile != "none":
+            _not_with(f"norm.freeze_after={k}", f"trainer.compile={cfg.trainer.compile}", "none")
+
+
+def _not_with(what: str, other: str, needs: str) -> None:
+    raise ConfigError(f"{what} does not go with {other}; it needs {needs}")
 
 
 def _positive(key: str, value: float) -> None:

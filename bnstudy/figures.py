@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from bnstudy.collect import identity_columns
+from bnstudy.collect import VARIANT, identity_columns
 from bnstudy.files import write_atomic
-from bnstudy.records import BATCH_SIZE, DATASET, MODEL, NORM, SEED, WIDTH
+from bnstudy.records import BATCH_SIZE, DATASET, MODEL, SEED, WIDTH
 from bnstudy.tables import AXES, _details, _natural
 
 
@@ -71,7 +71,7 @@ def _plot_curves(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: str):
         return None
     models = _models(runs)
     sizes = sorted(runs[BATCH_SIZE].unique())
-    colors = _norm_colors(runs[NORM].unique())
+    colors = _norm_colors(runs[VARIANT].unique())
     fig, axes = plt.subplots(
         len(models),
         len(sizes),
@@ -83,7 +83,7 @@ def _plot_curves(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: str):
         for j, size in enumerate(sizes):
             ax = axes[i][j]
             cell = epochs[(epochs[MODEL] == model) & (epochs[BATCH_SIZE] == size)]
-            for norm, curves in cell.groupby(NORM):
+            for norm, curves in cell.groupby(VARIANT):
                 stats = curves.groupby("epoch")["test_acc"].agg(["mean", "min", "max"])
                 # Markers: a run that diverged after one epoch is still a visible point.
                 ax.plot(
@@ -114,12 +114,12 @@ def _plot_final_vs_batch(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: s
     if done.empty:
         return None
     models = _models(runs)
-    colors = _norm_colors(runs[NORM].unique())
+    colors = _norm_colors(runs[VARIANT].unique())
     fig, axes = plt.subplots(
         1, len(models), figsize=(max(4.2 * len(models), 5.5), 4.0), squeeze=False, sharey=True
     )
     for ax, model in zip(axes[0], models, strict=True):
-        for norm, cell in done[done[MODEL] == model].groupby(NORM):
+        for norm, cell in done[done[MODEL] == model].groupby(VARIANT):
             stats = cell.groupby(BATCH_SIZE)["final_test_acc"].agg(["mean", "std"])
             ax.errorbar(
                 stats.index,
@@ -147,7 +147,7 @@ def _plot_final_vs_batch(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: s
 
 def _plot_heatmap(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: str):
     models = _models(runs)
-    norms, sizes = sorted(runs[NORM].unique()), sorted(runs[BATCH_SIZE].unique())
+    norms, sizes = sorted(runs[VARIANT].unique()), sorted(runs[BATCH_SIZE].unique())
     done = runs[runs["status"] == "completed"]
     if done.empty:
         return None
@@ -163,7 +163,7 @@ def _plot_heatmap(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: str):
     for ax, model in zip(axes[0], models, strict=True):
         grid = (
             done[done[MODEL] == model]
-            .pivot_table(index=NORM, columns=BATCH_SIZE, values="final_test_acc")
+            .pivot_table(index=VARIANT, columns=BATCH_SIZE, values="final_test_acc")
             .reindex(index=norms, columns=sizes)
         )
         image = ax.imshow(grid.values.astype(float), cmap="viridis", vmin=low, vmax=high)

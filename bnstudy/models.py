@@ -7,6 +7,7 @@ torchvision's resnetN with its 7×7 stem replaced by a 3×3 conv.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from bnstudy.norms import NormFactory
@@ -26,10 +27,34 @@ def _shortcut(cin: int, cout: int, stride: int, norm: NormFactory) -> nn.Module:
     return nn.Sequential(_conv1x1(cin, cout, stride), norm(cout))
 
 
-class BasicBlock(nn.Module):
+class _Residual(nn.Module):
+    """What both blocks share: relu(branch(x)·gate + shortcut(x)), and starting the branch at
+    zero when asked (`zero_init_residual`): γ of its last norm at 0, or, where that norm has no
+    γ, a learnable scalar gate at 0 (SkipInit, De & Smith 2020)."""
+
+    gate: nn.Parameter | None
+
+    def _start(self, last_norm: nn.Module, zero_init_residual: bool) -> None:
+        self.register_parameter("gate", None)
+        if not zero_init_residual:
+            return
+        if getattr(last_norm, "weight", None) is not None:
+            nn.init.zeros_(last_norm.weight)
+        else:
+            self.gate = nn.Parameter(torch.zeros(()))
+
+    def _join(self, branch: Tensor, x: Tensor) -> Tensor:
+        if self.gate is not None:
+            branch = branch * self.gate
+        return self.relu(branch + self.shortcut(x))
+
+
+class BasicBlock(_Residual):
     expansion = 1
 
-    def __init__(self, cin: int, planes: int, stride: int, norm: NormFactory) -> None:
+    def __init__(
+        self, cin: int, planes: int, stride: int, norm: NormFactory, zero_init_residual: bool
+    ) -> None:
         super().__init__()
         self.conv1 = _conv3x3(cin, planes, stride)
         self.norm1 = norm(planes)
@@ -37,18 +62,20 @@ class BasicBlock(nn.Module):
         self.norm2 = norm(planes)
         self.shortcut = _shortcut(cin, planes, stride, norm)
         self.relu = nn.ReLU(inplace=True)
+        self._start(self.norm2, zero_init_residual)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.norm1(self.conv1(x)))
-        out = self.norm2(self.conv2(out))
-        return self.relu(out + self.shortcut(x))
+        return self._join(self.norm2(self.conv2(out)), x)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Residual):
     # Stride sits on the 3×3 conv, as in torchvision ("ResNet v1.5").
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int, norm: NormFactory) -> None:
+    def __init__(
+        self, cin: int, planes: int, stride: int, norm: NormFactory, zero_init_residual: bool
+    ) -> None:
         super().__init__()
         cout = planes * self.expansion
         self.conv1 = _conv1x1(cin, planes)
@@ -59,12 +86,12 @@ class Bottleneck(nn.Module):
         self.norm3 = norm(cout)
         self.shortcut = _shortcut(cin, cout, stride, norm)
         self.relu = nn.ReLU(inplace=True)
+        self._start(self.norm3, zero_init_residual)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.norm1(self.conv1(x)))
         out = self.relu(self.norm2(self.conv2(out)))
-        out = self.norm3(self.conv3(out))
-        return self.relu(out + self.shortcut(x))
+        return self._join(self.norm3(self.conv3(out)), x)
 
 
 # The one table of depths: block type and blocks per stage.
@@ -85,6 +112,7 @@ class ResNet(nn.Module):
         in_channels: int,
         num_classes: int,
         width: int,
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         self.stem = nn.Sequential(_conv3x3(in_channels, width), norm(width), nn.ReLU(inplace=True))
@@ -95,7 +123,7 @@ class ResNet(nn.Module):
             blocks = []
             for j in range(depth):
                 stride = 2 if i > 0 and j == 0 else 1
-                blocks.append(block(cin, planes, stride, norm))
+                blocks.append(block(cin, planes, stride, norm, zero_init_residual))
                 cin = planes * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
@@ -113,8 +141,13 @@ class ResNet(nn.Module):
 
 
 def build_resnet(
-    name: str, norm: NormFactory, in_channels: int, num_classes: int, width: int = 64
+    name: str,
+    norm: NormFactory,
+    in_channels: int,
+    num_classes: int,
+    width: int = 64,
+    zero_init_residual: bool = False,
 ) -> ResNet:
     """ResNet `name` (a key of RESNETS) for small images with the given normalization layer."""
     block, depths = RESNETS[name]
-    return ResNet(block, depths, norm, in_channels, num_classes, width)
+    return ResNet(block, depths, norm, in_channels, num_classes, width, zero_init_residual)

@@ -19,7 +19,8 @@ from bnstudy.accel import (
     prepare_model,
     resolve_fast_paths,
 )
-from bnstudy.data import DATASETS, hold_out, load_dataset
+from bnstudy.data import DATASETS, Split, hold_out, load_dataset
+from bnstudy.init import data_init_affine, fold_norms, freeze_convs, init_batch, lsuv
 from bnstudy.loader import GpuLoader
 from bnstudy.models import build_resnet
 from bnstudy.norms import make_norm, norm_parameters
@@ -49,18 +50,40 @@ class Parts:
 def build_model(cfg: DictConfig, model_name: str | None = None) -> nn.Module:
     """The configured ResNet (or `model_name` at the same width) with the configured norm."""
     spec = DATASETS[cfg.dataset.name]
-    norm = make_norm(cfg.norm.name, cfg.norm.eps, cfg.norm.momentum)
+    n = cfg.norm
+    norm = make_norm(n.name, n.eps, n.momentum, n.params, n.groups)
     name = model_name or cfg.model.name
-    return build_resnet(name, norm, spec.channels, spec.classes, cfg.model.width)
+    return build_resnet(
+        name, norm, spec.channels, spec.classes, cfg.model.width, cfg.model.zero_init_residual
+    )
+
+
+def start_model(cfg: DictConfig, model: nn.Module, train: Split, device: torch.device) -> None:
+    """The data-dependent starting points (model.init=lsuv, then norm.init=data) on the fixed
+    init batch, and trainer.train_only. Running statistics are left as they were."""
+    if cfg.model.init == "lsuv" or cfg.norm.init == "data":
+        spec = DATASETS[cfg.dataset.name]
+        x = init_batch(train, spec, cfg.norm.init_batch, cfg.seed, device)
+        buffers = {k: v.clone() for k, v in model.named_buffers()}
+        if cfg.model.init == "lsuv":
+            lsuv(model, x)
+        if cfg.norm.init == "data":
+            data_init_affine(model, x, cfg.norm.eps)
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                v.copy_(buffers[k])
+    if cfg.trainer.train_only == "norm":
+        freeze_convs(model)
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The configured optimizer; γ and β of the norm layers form their own parameter group,
     decayed by optim.norm_weight_decay (every other parameter by optim.weight_decay)."""
     in_norms = {id(p) for p in norm_parameters(model)}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in in_norms]}]
+    learned = [p for p in model.parameters() if p.requires_grad]  # train_only=norm: no convs
+    groups = [{"params": [p for p in learned if id(p) not in in_norms]}]
     if in_norms:
-        norm_params = [p for p in model.parameters() if id(p) in in_norms]
+        norm_params = [p for p in learned if id(p) in in_norms]
         groups.append({"params": norm_params, "weight_decay": cfg.optim.norm_weight_decay})
     return OPTIMIZERS[cfg.optim.name].build(groups, cfg.optim)
 
@@ -93,6 +116,7 @@ def build_parts(cfg: DictConfig, device: torch.device) -> Parts:
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
+    start_model(cfg, model, train_split, device)
     train_model = prepare_model(model, fast)
     optimizer = build_optimizer(cfg, model)
     schedule = SCHEDULES[cfg.optim.schedule](optimizer, cfg.trainer.epochs)
@@ -145,6 +169,17 @@ def checkpoint_state(parts: Parts, epoch: int) -> dict[str, Any]:
     if parts.scaler is not None:
         state["scaler"] = parts.scaler.state_dict()
     return state
+
+
+def fold(parts: Parts, norm_weight_decay: float) -> None:
+    """norm.freeze_after: fold the BatchNorm layers into AffineLayers (init.fold_norms); the
+    optimizer and the schedule take on the γ and β that BN-minus did not have."""
+    new = fold_norms(parts.model)
+    if new:
+        lr, base_lr = parts.optimizer.param_groups[0]["lr"], parts.schedule.base_lrs[0]
+        group = {"params": new, "weight_decay": norm_weight_decay, "lr": lr, "initial_lr": base_lr}
+        parts.optimizer.add_param_group(group)
+        parts.schedule.base_lrs.append(base_lr)
 
 
 def restore(parts: Parts, state: dict[str, Any], epochs: int, where: Path) -> int:

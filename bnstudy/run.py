@@ -31,7 +31,7 @@ from bnstudy.data import DatasetError
 from bnstudy.errors import PROG, USER_ERRORS, as_out_of_memory, exit_with, first_line, one_line
 from bnstudy.gpus import claim_gpu
 from bnstudy.norms import count_norm_parameters
-from bnstudy.parts import Parts, build_parts, checkpoint_state, restore
+from bnstudy.parts import Parts, build_parts, checkpoint_state, fold, restore
 from bnstudy.records import FINISHED, EpochMetrics, RecordsError, RunFolder, Summary
 from bnstudy.sweep import record_job, record_start
 from bnstudy.train import Diverged, fit
@@ -151,6 +151,8 @@ def _train(
         start_epoch = 1
         checkpoint = folder.load_checkpoint()
         if checkpoint is not None:
+            if _folded_by(checkpoint.get("epoch"), cfg.norm.freeze_after):
+                fold(parts, cfg.optim.norm_weight_decay)  # the checkpoint holds a folded model
             start_epoch = restore(parts, checkpoint, cfg.trainer.epochs, folder.checkpoint_path)
             log.info("resuming %s from epoch %d", folder.path, start_epoch)
         # Epochs written after the checkpoint will be trained again.
@@ -160,6 +162,9 @@ def _train(
             epochs.append(m)
             # Metrics before checkpoint: a crash in between only repeats this epoch on resume.
             folder.write_metrics(ident, epochs)
+            if m.epoch == cfg.norm.freeze_after:
+                fold(parts, cfg.optim.norm_weight_decay)
+                log.info("epoch %d: normalization folded into AffineLayers", m.epoch)
             folder.save_checkpoint(checkpoint_state(parts, m.epoch))
             record("running")
             _log_epoch(m, cfg.trainer.epochs)
@@ -220,6 +225,10 @@ def _train(
     )
     log.info("completed: final test acc %.2f%%%s -> %s", summary.final_test_acc, best, folder.path)
     return Outcome("completed")
+
+
+def _folded_by(epoch: object, freeze_after: int | None) -> bool:
+    return freeze_after is not None and isinstance(epoch, int) and epoch >= freeze_after
 
 
 def _record_end(record: Any, status: str, error: str) -> None:

@@ -8,12 +8,14 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from bnstudy.collect import MISSING, identity_columns
+from bnstudy.collect import MISSING, VARIANT, identity_columns
+from bnstudy.controls import DEFAULTS
 from bnstudy.records import BATCH_SIZE, DATASET, MODEL, NORM, SEED, WIDTH
 
 FORMATS = ("text", "markdown", "csv", "latex")
 # A table's axes and what is averaged over; every other identity column makes its own table.
-AXES = (NORM, BATCH_SIZE, SEED)
+# The variant (norm and controls) makes the rows, batch sizes the columns; seeds are averaged.
+AXES = (VARIANT, NORM, *DEFAULTS, BATCH_SIZE, SEED)
 # Shown in every table's title even when all runs share them.
 HEADLINE_KEYS = (WIDTH, "optim.name", "optim.lr", "trainer.epochs", "data.val_size")
 # The summary's headline numbers: never an epoch chosen on the test set.
@@ -58,12 +60,12 @@ def _seeds(group: pd.DataFrame) -> list[int]:
 
 def accuracy_table(group: pd.DataFrame, column: str) -> pd.DataFrame:
     """Rows: variants; columns: batch sizes; cells: mean ± std (n) over completed seeds."""
-    norms, sizes = sorted(group[NORM].unique()), sorted(group[BATCH_SIZE].unique())
+    norms, sizes = sorted(group[VARIANT].unique()), sorted(group[BATCH_SIZE].unique())
     n_seeds = len(_seeds(group))
     table = pd.DataFrame(index=pd.Index(norms, name="norm"), columns=sizes, dtype=object)
     for norm in norms:
         for size in sizes:
-            cell = group[(group[NORM] == norm) & (group[BATCH_SIZE] == size)]
+            cell = group[(group[VARIANT] == norm) & (group[BATCH_SIZE] == size)]
             table.loc[norm, size] = _accuracy_cell(cell, column, n_seeds)
     table.columns = pd.Index([f"bs {s}" for s in sizes])
     return table
@@ -87,12 +89,12 @@ def _accuracy_cell(cell: pd.DataFrame, column: str, n_seeds: int) -> str:
 
 def status_table(group: pd.DataFrame) -> pd.DataFrame:
     """Rows: variants; columns: batch sizes; cells: how many runs are in which state."""
-    norms, sizes = sorted(group[NORM].unique()), sorted(group[BATCH_SIZE].unique())
+    norms, sizes = sorted(group[VARIANT].unique()), sorted(group[BATCH_SIZE].unique())
     seeds = _seeds(group)
     table = pd.DataFrame(index=pd.Index(norms, name="norm"), columns=sizes, dtype=object)
     for norm in norms:
         for size in sizes:
-            cell = group[(group[NORM] == norm) & (group[BATCH_SIZE] == size)]
+            cell = group[(group[VARIANT] == norm) & (group[BATCH_SIZE] == size)]
             counts = cell["status"].value_counts().to_dict()
             missing = len(set(seeds) - set(cell[SEED]))
             if missing:

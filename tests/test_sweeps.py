@@ -231,3 +231,34 @@ def test_a_sweep_over_optimizers_leaves_no_false_missing_run(tmp_path):
         ("adam", 0.001),
         ("sgd", 0.1),
     ]
+
+
+def test_the_ablation_grid_runs_at_tiny_width_and_reads_as_named_variants(tmp_path):
+    result = run_cli(
+        "-m",
+        "experiment=ablations",
+        *TINY,
+        "model=resnet18",
+        "batch_size=64",
+        "trainer.epochs=2",
+        "data.train_subset=192",
+        f"paths.output_root={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "sweep finished: 12 runs:" in result.stdout and "failed" not in result.stdout
+    shown = results_of(tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    table = shown.stdout.split("final test acc %")[1].split("\n\n")[0]
+    for label in [
+        "affine + norm.init=data",
+        "affine + model.zero_init_residual=true",
+        "none + model.init=lsuv",
+        "none + model.zero_init_residual=true",
+        "batchnorm + norm.freeze_after=1",
+        "batchnorm + norm.params=scale",
+        "batchnorm + norm.params=shift",
+        "groupnorm",
+        "bnminus",
+    ]:
+        assert f"\n{label} " in table, (label, table)
+    assert len([line for line in table.splitlines()[2:] if line.strip()]) == 12
