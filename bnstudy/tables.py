@@ -62,7 +62,7 @@ def accuracy_table(group: pd.DataFrame, column: str) -> pd.DataFrame:
     """Rows: variants; columns: batch sizes; cells: mean ± std (n) over completed seeds."""
     norms, sizes = sorted(group[VARIANT].unique()), sorted(group[BATCH_SIZE].unique())
     n_seeds = len(_seeds(group))
-    table = pd.DataFrame(index=pd.Index(norms, name="norm"), columns=sizes, dtype=object)
+    table = pd.DataFrame(index=pd.Index(norms, name="variant"), columns=sizes, dtype=object)
     for norm in norms:
         for size in sizes:
             cell = group[(group[VARIANT] == norm) & (group[BATCH_SIZE] == size)]
@@ -91,7 +91,7 @@ def status_table(group: pd.DataFrame) -> pd.DataFrame:
     """Rows: variants; columns: batch sizes; cells: how many runs are in which state."""
     norms, sizes = sorted(group[VARIANT].unique()), sorted(group[BATCH_SIZE].unique())
     seeds = _seeds(group)
-    table = pd.DataFrame(index=pd.Index(norms, name="norm"), columns=sizes, dtype=object)
+    table = pd.DataFrame(index=pd.Index(norms, name="variant"), columns=sizes, dtype=object)
     for norm in norms:
         for size in sizes:
             cell = group[(group[VARIANT] == norm) & (group[BATCH_SIZE] == size)]
@@ -117,7 +117,9 @@ def render(table: pd.DataFrame, fmt: str, title: str) -> str:
         columns = "l" + "r" * len(table.columns)
         latex = cells.to_latex(column_format=columns, caption=_latex(title), position="h")
         return latex + "\n"
-    return f"{title}\n{table.reset_index().to_string(index=False)}\n"
+    # tabulate's plain format: the variants' names left-aligned, one header line.
+    text = table.reset_index().to_markdown(index=False, tablefmt="plain")
+    return f"{title}\n{text}\n"
 
 
 def _latex(text: object) -> str:

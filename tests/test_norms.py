@@ -130,7 +130,8 @@ def test_eps_and_momentum_reach_the_batchnorm_kinds():
 
 
 @pytest.mark.parametrize(
-    ("name", "expected"), [("batchnorm", 2 * 10), ("affine", 2 * 10), ("bnminus", 0), ("none", 0)]
+    ("name", "expected"),
+    [("batchnorm", 2 * 10), ("affine", 2 * 10), ("bnminus", 0), ("none", 0), ("groupnorm", 2 * 10)],
 )
 def test_norm_parameter_count(name, expected):
     model = nn.Sequential(
@@ -166,3 +167,14 @@ def test_eval_normalizes_each_image_alone_with_the_running_statistics(name):
     if name == "batchnorm":
         expected = expected * scale.view(1, 3, 1, 1) + shift.view(1, 3, 1, 1)
     torch.testing.assert_close(layer(y), expected)
+
+
+def test_groupnorm_in_train_and_eval_is_the_same_per_image_normalization():
+    layer = make_norm("groupnorm", groups=3)(3)  # one channel per group
+    gamma, beta = set_gamma_beta(layer)
+    x = batch()
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    var = x.var(dim=(2, 3), unbiased=False, keepdim=True)
+    expected = gamma * (x - mean) / torch.sqrt(var + EPS) + beta
+    torch.testing.assert_close(layer.train()(x), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(layer.eval()(x), expected, rtol=1e-4, atol=1e-5)
