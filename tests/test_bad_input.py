@@ -30,7 +30,10 @@ def assert_one_line_error(result: subprocess.CompletedProcess, message: str) -> 
     [
         (["model.widht=8"], "Key 'widht' not in 'ModelConfig'"),
         (["batch_size=abc"], "batch_size"),
-        (["norm=layernorm"], "norm/layernorm'; choose one of: affine, batchnorm, bnminus, none"),
+        (
+            ["norm=layernorm"],
+            "norm/layernorm'; choose one of: affine, batchnorm, bnminus, groupnorm, none",
+        ),
         (["optim=rmsprop"], "optim/rmsprop'; choose one of: adam, sgd"),
         (["optim=sgd_schema"], "optim=sgd_schema is not a choice; choose one of: adam, sgd"),
         (["batch_size=0"], "batch_size=0 is impossible"),
