@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import multiprocessing
 import resource
 import sys
@@ -209,33 +210,36 @@ def flops_per_image(model_name: str, cfg: DictConfig) -> float:
     return float(counter.get_total_flops())
 
 
-def paper_grid(overrides: list[str]) -> tuple[list[str], list[str], list[int], DictConfig]:
-    """The paper grid's models, variants and batch sizes from conf/experiment/paper.yaml."""
-    cfg = load_config(overrides, experiment="paper")
-    params = cfg.hydra.sweeper.params
-    models = str(params.model).split(",")
-    norms = str(params.norm).split(",")
-    sizes = [int(b) for b in str(params.batch_size).split(",")]
-    return models, norms, sizes, cfg
+# The grids whose cost the benchmark estimates (conf/experiment/<name>.yaml).
+ESTIMATED_GRIDS = ("paper", "lr_search", "paper_tuned")
 
 
-def estimate_grid_hours(measured: dict[str, Any], overrides: list[str], n_train: int) -> str:
-    """Hours for the paper grid at the measured throughput, scaled by each model's FLOPs."""
-    models, norms, sizes, cfg = paper_grid(overrides)
+def grid_of(experiment: str, overrides: list[str]) -> tuple[dict[str, list[str]], DictConfig]:
+    """The swept values of conf/experiment/<experiment>.yaml (as narrowed by `overrides`)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", [*overrides, f"experiment={experiment}"], return_hydra_config=True)
+    params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
+    return params, cfg
+
+
+def estimate_grid_hours(
+    measured: dict[str, Any], overrides: list[str], n_train: int, experiment: str = "paper"
+) -> str:
+    """Hours for an experiment's grid at the measured throughput, scaled by each model's
+    FLOPs, with `n_train` training images per epoch."""
+    params, cfg = grid_of(experiment, overrides)
+    models = params.pop("model")
+    others = math.prod(len(values) for values in params.values())
     base = flops_per_image(measured["model"], cfg)
     epochs = cfg.trainer.epochs
-    seconds = (
-        sum(
-            epochs * n_train / (measured["images_per_s"] * base / flops_per_image(model, cfg))
-            for model in models
-        )
-        * len(norms)
-        * len(sizes)
+    seconds = others * sum(
+        epochs * n_train / (measured["images_per_s"] * base / flops_per_image(model, cfg))
+        for model in models
     )
+    dims = " × ".join(f"{len(v)} {k}" for k, v in {"model": models, **params}.items())
     return (
-        f"paper grid estimate: {len(models) * len(norms) * len(sizes)} runs "
-        f"({len(models)} models × {len(norms)} norms × {len(sizes)} batch sizes) × {epochs} "
-        f"epochs × {n_train:,} images ≈ {seconds / 3600:,.1f} h on this device at "
+        f"{experiment} grid estimate: {len(models) * others} runs ({dims}) × {epochs} epochs × "
+        f"{n_train:,} images ≈ {seconds / 3600:,.1f} h on this device at "
         f"{measured['batch_size']}-image batches (throughput scaled by each model's FLOPs; "
         "small batch sizes run slower than this)"
     )
@@ -299,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.variants:
         times = [r["ms_per_step"] for r in rows if r["path"] == "bnstudy"]
         print(f"variants: slowest/fastest step time = {max(times) / min(times):.3f}")
-    print(estimate_grid_hours(rows[0], overrides, rows[0]["train_images"]))
+    for experiment in ESTIMATED_GRIDS:
+        print(estimate_grid_hours(rows[0], overrides, rows[0]["train_images"], experiment))
     out = args.out or Path(cfg.paths.output_root) / "bench" / (
         f"{rows[0]['device']}-{cfg.model.name}-w{cfg.model.width}-bs{cfg.batch_size}.csv"
     )

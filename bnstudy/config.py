@@ -22,7 +22,7 @@ from bnstudy.controls import CHOICES, DEFAULTS
 from bnstudy.data import DATASETS
 from bnstudy.models import RESNETS
 from bnstudy.norms import NORMS
-from bnstudy.optim import OPTIMIZERS, SCHEDULES
+from bnstudy.optim import LR_SCALINGS, OPTIMIZERS, SCHEDULES
 from bnstudy.parts import fast_paths
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -113,6 +113,12 @@ class PathsConfig:
     output_root: str = "outputs"
 
 
+def _tuning() -> dict[str, Any]:
+    # `from` is a Python keyword, so this node is a plain dict: {"from": DIR or None}, the
+    # folder of an lr search that experiment=paper_tuned reads its learning rates from.
+    return {"from": None}
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -123,6 +129,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    tuning: Any = field(default_factory=_tuning)
     batch_size: int = 128
     seed: int = 0
 
@@ -185,6 +192,16 @@ def validate(cfg: Any) -> None:
     _within("norm.momentum", cfg.norm.momentum, 0, 1)
     _within("optim.weight_decay", cfg.optim.weight_decay, 0, math.inf)
     _within("optim.norm_weight_decay", cfg.optim.norm_weight_decay, 0, math.inf)
+    _choice("optim.lr_scaling", cfg.optim.lr_scaling, LR_SCALINGS)
+    _at_least("optim.base_batch_size", cfg.optim.base_batch_size, 1)
+    _within("optim.warmup_factor", cfg.optim.warmup_factor, 1, math.inf)
+    if not 0 <= cfg.optim.warmup_epochs < cfg.trainer.epochs:
+        raise ConfigError(
+            f"optim.warmup_epochs={cfg.optim.warmup_epochs} must be in 0..trainer.epochs-1 "
+            f"(trainer.epochs={cfg.trainer.epochs})"
+        )
+    if cfg.optim.clip_grad_norm is not None:
+        _positive("optim.clip_grad_norm", cfg.optim.clip_grad_norm)
     _at_least("data.val_size", cfg.data.val_size, 0)
     _at_least("data.split_seed", cfg.data.split_seed, 0)
     if cfg.optim.name == "sgd":

@@ -182,3 +182,39 @@ def _plot_heatmap(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: str):
     fig.colorbar(image, ax=axes[0].tolist(), label="final test accuracy (%)")
     fig.suptitle(f"Final test accuracy (mean over completed seeds)\n{label}", fontsize=10)
     return fig
+
+
+def plot_lr_sensitivity(runs: pd.DataFrame, out: Path) -> list[Path]:
+    """Per model and batch size: validation accuracy against lr (log axis), one line per
+    variant; an lr where a seed diverged is an ✕ at the bottom of the panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bnstudy.tuning import LR, lr_scores
+
+    scores = lr_scores(runs)
+    written = []
+    for (model, size), cell in scores.groupby([MODEL, BATCH_SIZE], sort=True):
+        fig, ax = plt.subplots(figsize=(6.0, 4.0))
+        for i, (variant, lines) in enumerate(cell.groupby(VARIANT, sort=True)):
+            lines = lines.sort_values(LR)
+            color = f"C{i % 10}"
+            ax.plot(lines[LR], lines["score"], marker="o", color=color, label=variant)
+            diverged = lines[lines["diverged"]]
+            ax.scatter(diverged[LR], [0] * len(diverged), marker="x", color=color, s=60)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("learning rate (optim.lr)")
+        ax.set_ylabel("final validation accuracy (%)")
+        ax.set_ylim(bottom=-2)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{model}, batch {size}: lr sensitivity (✕ = diverged)", fontsize=10)
+        ax.legend(fontsize=8)
+        path = out / f"lr_sensitivity-{model}-bs{size}.png"
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        write_atomic(path, buffer.getvalue())
+        written.append(path)
+    return written

@@ -24,7 +24,7 @@ from bnstudy.init import data_init_affine, fold_norms, freeze_convs, init_batch,
 from bnstudy.loader import GpuLoader
 from bnstudy.models import build_resnet
 from bnstudy.norms import make_norm, norm_parameters
-from bnstudy.optim import OPTIMIZERS, SCHEDULES
+from bnstudy.optim import OPTIMIZERS, effective_lr, make_schedule
 from bnstudy.records import RecordsError
 
 CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "schedule", "rng", "precision", "device_type")
@@ -85,7 +85,8 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
     if in_norms:
         norm_params = [p for p in learned if id(p) in in_norms]
         groups.append({"params": norm_params, "weight_decay": cfg.optim.norm_weight_decay})
-    return OPTIMIZERS[cfg.optim.name].build(groups, cfg.optim)
+    lr = effective_lr(cfg.optim, cfg.batch_size)
+    return OPTIMIZERS[cfg.optim.name].build(groups, cfg.optim, lr)
 
 
 def fast_paths(cfg: DictConfig, device: torch.device) -> FastPaths:
@@ -119,7 +120,7 @@ def build_parts(cfg: DictConfig, device: torch.device) -> Parts:
     start_model(cfg, model, train_split, device)
     train_model = prepare_model(model, fast)
     optimizer = build_optimizer(cfg, model)
-    schedule = SCHEDULES[cfg.optim.schedule](optimizer, cfg.trainer.epochs)
+    schedule = make_schedule(optimizer, cfg.optim, cfg.trainer.epochs)
     loader_args = {"device": device, "memory_format": fast.memory_format}
     train_loader = GpuLoader(
         train_split,
@@ -176,10 +177,13 @@ def fold(parts: Parts, norm_weight_decay: float) -> None:
     optimizer and the schedule take on the γ and β that BN-minus did not have."""
     new = fold_norms(parts.model)
     if new:
-        lr, base_lr = parts.optimizer.param_groups[0]["lr"], parts.schedule.base_lrs[0]
+        first = parts.optimizer.param_groups[0]
+        lr, base_lr = first["lr"], first["initial_lr"]
         group = {"params": new, "weight_decay": norm_weight_decay, "lr": lr, "initial_lr": base_lr}
         parts.optimizer.add_param_group(group)
-        parts.schedule.base_lrs.append(base_lr)
+        # A warm-up chains two schedules (SequentialLR._schedulers); each keeps base_lrs.
+        for schedule in getattr(parts.schedule, "_schedulers", [parts.schedule]):
+            schedule.base_lrs.append(base_lr)
 
 
 def restore(parts: Parts, state: dict[str, Any], epochs: int, where: Path) -> int:

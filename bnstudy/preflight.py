@@ -10,6 +10,7 @@ hydra.run.dir by hand bypasses the resolver; `RunFolderGuard.on_run_start` cover
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from bnstudy import records
 from bnstudy.accel import resolve_precision
+from bnstudy.collect import VARIANT, ResultsError, collect
 from bnstudy.config import SCHEMA_SUFFIX, ConfigError, config_groups, resolve_device, validate
+from bnstudy.controls import DEFAULTS, variant_label
 from bnstudy.data import load_dataset
 from bnstudy.errors import PROG, USER_ERRORS, exit_with
 from bnstudy.parts import build_model
-from bnstudy.records import RunFolder
+from bnstudy.records import BATCH_SIZE, DATASET, MODEL, NORM, WIDTH, RunFolder
+from bnstudy.tuning import TuningError, lr_for
 
 # Bytes per parameter for fp32 weights, their gradients and one fp32 optimizer slot
 # (SGD's momentum); Adam keeps two slots.
@@ -163,3 +167,36 @@ class RunFolderGuard(Callback):
 
 
 OmegaConf.register_new_resolver("bnstudy_run_path", _run_path_resolver, replace=True)
+
+
+def _tuned_lr(*, _root_: DictConfig) -> float:
+    """`${bnstudy_tuned_lr:}` (experiment=paper_tuned): this cell's lr as chosen on validation
+    by the lr search in tuning.from."""
+    folder = _root_.tuning["from"]
+    if not folder:
+        raise ConfigError(
+            "experiment=paper_tuned needs tuning.from=DIR, the output folder of a finished "
+            "experiment=lr_search"
+        )
+    cell = {
+        DATASET: _root_.dataset.name,
+        MODEL: _root_.model.name,
+        WIDTH: _root_.model.width,
+        BATCH_SIZE: _root_.batch_size,
+        NORM: _root_.norm.name,
+    }
+    cell.update({key: OmegaConf.select(_root_, key) for key in DEFAULTS})
+    cell[VARIANT] = variant_label(cell)
+    try:
+        return lr_for(_search(str(folder)), cell)
+    except (TuningError, ResultsError) as e:
+        raise ConfigError(f"tuning.from={folder}: {e}") from None
+
+
+@lru_cache(maxsize=4)
+def _search(folder: str) -> Any:
+    runs, _ = collect(Path(folder).expanduser())
+    return runs
+
+
+OmegaConf.register_new_resolver("bnstudy_tuned_lr", _tuned_lr, replace=True)

@@ -80,6 +80,7 @@ class Summary:
 NON_IDENTITY_KEYS = (
     "hydra",
     "paths",
+    "tuning",  # where a tuned lr was read from; the lr itself is part of the identity
     "device",
     "dataset.root",
     "dataset.download",

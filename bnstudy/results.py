@@ -14,10 +14,12 @@ from pathlib import Path
 import pandas as pd
 
 from bnstudy.collect import ResultsError, asked_but_missing, collect
-from bnstudy.figures import plot
+from bnstudy.figures import plot, plot_lr_sensitivity
 from bnstudy.files import RecordsError, write_atomic
-from bnstudy.tables import FORMATS, report
+from bnstudy.tables import FORMATS, render, report
+from bnstudy.tuning import tuned_cells, tuned_table
 
+TUNED_FILE = "tuned.csv"
 RUNS_FILE = "runs.csv"
 EPOCHS_FILE = "epochs.csv"
 
@@ -30,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dir", type=Path, help="a run, a sweep, or a folder of sweeps")
     parser.add_argument("--format", choices=FORMATS, default="text", help="table format")
     parser.add_argument("--plot", action="store_true", help="write PNG figures into DIR")
+    parser.add_argument(
+        "--tuned",
+        action="store_true",
+        help="DIR is an lr search: each variant at the lr chosen on validation, test accuracy "
+        "with 95%% CIs, paired differences to batchnorm (and lr-sensitivity figures with --plot)",
+    )
     args = parser.parse_args(argv)
     try:
         runs, epochs = collect(args.dir)
@@ -38,12 +46,34 @@ def main(argv: list[str] | None = None) -> int:
     except (ResultsError, RecordsError) as e:
         print(f"bnstudy.results: error: {e}", file=sys.stderr)
         return 2
+    if args.tuned:
+        return _tuned(runs, args)
     # Tables also show the runs a sweep asked for that have not started: a half-done grid.
     print(report(pd.concat([runs, asked_but_missing(args.dir, runs)]), args.format))
     if args.format in ("text", "markdown"):
         print(f"tidy tables: {args.dir / RUNS_FILE}, {args.dir / EPOCHS_FILE}")
     if args.plot:
         for path in plot(runs, epochs, args.dir):
+            print(f"figure: {path}")
+    return 0
+
+
+def _tuned(runs: pd.DataFrame, args: argparse.Namespace) -> int:
+    table = tuned_table(runs)
+    if table.empty:
+        print(
+            f"bnstudy.results: error: no lr in {args.dir} has a completed, undiverged run with a "
+            "validation split; run experiment=lr_search (data.val_size > 0) first",
+            file=sys.stderr,
+        )
+        return 2
+    write_atomic(args.dir / TUNED_FILE, table.to_csv(index=False).encode())
+    for title, cell in tuned_cells(table):
+        print(render(cell, args.format, f"tuned — {title}"))
+    if args.format in ("text", "markdown"):
+        print(f"tuned table: {args.dir / TUNED_FILE}")
+    if args.plot:
+        for path in plot_lr_sensitivity(runs, args.dir):
             print(f"figure: {path}")
     return 0
 

@@ -193,6 +193,7 @@ def _train(
                 progress=cfg.trainer.progress,
                 autocast_dtype=parts.fast.autocast_dtype,
                 scaler=parts.scaler,
+                clip_grad_norm=cfg.optim.clip_grad_norm,
             )
         except RuntimeError as e:
             oom = as_out_of_memory(e, _size_of(cfg))

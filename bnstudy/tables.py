@@ -11,6 +11,7 @@ import pandas as pd
 from bnstudy.collect import MISSING, VARIANT, identity_columns
 from bnstudy.controls import DEFAULTS
 from bnstudy.records import BATCH_SIZE, DATASET, MODEL, NORM, SEED, WIDTH
+from bnstudy.stats import mean_ci_text
 
 FORMATS = ("text", "markdown", "csv", "latex")
 # A table's axes and what is averaged over; every other identity column makes its own table.
@@ -59,28 +60,23 @@ def _seeds(group: pd.DataFrame) -> list[int]:
 
 
 def accuracy_table(group: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Rows: variants; columns: batch sizes; cells: mean ± std (n) over completed seeds."""
+    """Rows: variants; columns: batch sizes; cells: mean ± 95% CI (n) over completed seeds."""
     norms, sizes = sorted(group[VARIANT].unique()), sorted(group[BATCH_SIZE].unique())
-    n_seeds = len(_seeds(group))
     table = pd.DataFrame(index=pd.Index(norms, name="variant"), columns=sizes, dtype=object)
     for norm in norms:
         for size in sizes:
             cell = group[(group[VARIANT] == norm) & (group[BATCH_SIZE] == size)]
-            table.loc[norm, size] = _accuracy_cell(cell, column, n_seeds)
+            table.loc[norm, size] = _accuracy_cell(cell, column)
     table.columns = pd.Index([f"bs {s}" for s in sizes])
     return table
 
 
-def _accuracy_cell(cell: pd.DataFrame, column: str, n_seeds: int) -> str:
+def _accuracy_cell(cell: pd.DataFrame, column: str) -> str:
     done = cell[cell["status"] == "completed"][column].dropna()
     if done.empty:
         statuses = sorted(cell["status"].unique())
         return "/".join(statuses) if statuses else MISSING
-    text = f"{done.mean():.2f}"
-    if n_seeds > 1:
-        std = done.std() if len(done) > 1 else float("nan")
-        text += f" ± {std:.2f}" if not math.isnan(std) else ""
-        text += f" (n={len(done)})"
+    text = mean_ci_text(done)
     others = len(cell) - len(done)
     if others:
         text += f" +{others} " + "/".join(sorted(cell[cell["status"] != "completed"]["status"]))

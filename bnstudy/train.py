@@ -28,21 +28,32 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     autocast_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    clip_grad_norm: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One optimizer step on (x, y); returns the loss and the count of correct predictions,
-    both still on the device."""
+    both still on the device. With `clip_grad_norm` the gradients' total norm is clipped."""
     with _autocast(x.device.type, autocast_dtype):
         logits = model(x)
         loss = nn.functional.cross_entropy(logits, y)
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()
+        _clip(optimizer, clip_grad_norm)
         optimizer.step()
     else:
         scaler.scale(loss).backward()
+        if clip_grad_norm is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        _clip(optimizer, clip_grad_norm)
         scaler.step(optimizer)
         scaler.update()
     return loss.detach(), (logits.argmax(1) == y).sum()
+
+
+def _clip(optimizer: torch.optim.Optimizer, max_norm: float | None) -> None:
+    if max_norm is not None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        nn.utils.clip_grad_norm_(params, max_norm)
 
 
 def train_epoch(
@@ -54,6 +65,7 @@ def train_epoch(
     progress: bool = True,
     autocast_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    clip_grad_norm: float | None = None,
 ) -> tuple[float, float, int]:
     """One pass over `loader`; returns (mean loss, accuracy %, images). Raises Diverged."""
     model.train()
@@ -63,7 +75,7 @@ def train_epoch(
     # disable=None: the bar stays quiet when output is not a terminal (logs, CI, SLURM).
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if progress else True)
     for step, (x, y) in enumerate(bar, start=1):
-        loss, hits = train_step(model, x, y, optimizer, autocast_dtype, scaler)
+        loss, hits = train_step(model, x, y, optimizer, autocast_dtype, scaler, clip_grad_norm)
         # Sums stay on the device; reading them back every step would stall a GPU.
         loss_sum += loss * len(y)
         correct += hits
@@ -113,6 +125,7 @@ def fit(
     progress: bool = True,
     autocast_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    clip_grad_norm: float | None = None,
 ) -> list[EpochMetrics]:
     """Train epochs `start_epoch..epochs`, evaluating on validation (if any) and test after
     each; raises Diverged."""
@@ -121,7 +134,15 @@ def fit(
         epoch_lr = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         train_loss, train_acc, images = train_epoch(
-            model, train_loader, optimizer, epoch, log_every, progress, autocast_dtype, scaler
+            model,
+            train_loader,
+            optimizer,
+            epoch,
+            log_every,
+            progress,
+            autocast_dtype,
+            scaler,
+            clip_grad_norm,
         )
         train_seconds = time.perf_counter() - started
         val_loss = val_acc = None

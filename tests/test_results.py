@@ -4,6 +4,7 @@ import sys
 
 import pandas as pd
 import pytest
+from scipy import stats
 
 from bnstudy.collect import REQUIRED, collect
 from bnstudy.records import SUMMARY_COLUMNS, RunFolder
@@ -49,17 +50,20 @@ def test_collect_gathers_every_run_and_epoch(sweep):
     assert row["run_dir"].item().startswith("cifar10/resnet18-w64-batchnorm-bs32-seed2-")
 
 
-def test_accuracy_cells_are_mean_std_and_n_over_seeds(sweep):
+def test_accuracy_cells_are_mean_and_95_ci_over_seeds(sweep):
     final, _ = tables(sweep, "final_test_acc")
-    assert final.loc["batchnorm", "bs 32"] == "92.00 ± 2.00 (n=3)"
-    assert final.loc["batchnorm", "bs 128"] == "82.00 ± 2.00 (n=3)"
-    assert final.loc["affine", "bs 128"] == "60.50 ± 0.71 (n=2)"
+    # 90, 92, 94: half-width t(0.975, 2)·s/√3, from scipy, not a table copied by hand.
+    half = stats.t.ppf(0.975, 2) * stats.sem([90.0, 92.0, 94.0])
+    assert f"{half:.2f}" == "4.97"
+    assert final.loc["batchnorm", "bs 32"] == "92.00 ± 4.97 (n=3)"
+    assert final.loc["batchnorm", "bs 128"] == "82.00 ± 4.97 (n=3)"
+    assert final.loc["affine", "bs 128"] == "60.50 ± 6.35 (n=2)"
 
 
 def test_the_best_epoch_is_chosen_on_validation_not_on_test(sweep):
     at_best_val, _ = tables(sweep, "test_acc_at_best_val")
     # Epoch 1 (val 60) holds final − 10; the best test epoch (final + 1) is never chosen.
-    assert at_best_val.loc["batchnorm", "bs 32"] == "82.00 ± 2.00 (n=3)"
+    assert at_best_val.loc["batchnorm", "bs 32"] == "82.00 ± 4.97 (n=3)"
     runs, _ = collect(sweep)
     assert set(runs["best_val_epoch"].dropna()) == {1}
     assert "best_test_acc" not in runs.columns
@@ -102,15 +106,15 @@ def test_a_grid_cell_with_no_run_at_all_is_missing(tmp_path):
 def test_each_format_carries_the_same_cells(sweep, fmt):
     runs, _ = collect(sweep)
     text = report(runs, fmt)
-    assert "92.00 ± 2.00 (n=3)" in text or "92.00 $\\pm$ 2.00 (n=3)" in text
+    assert "92.00 ± 4.97 (n=3)" in text or "92.00 $\\pm$ 4.97 (n=3)" in text
     if fmt == "markdown":
-        assert "| batchnorm | 92.00 ± 2.00 (n=3) | 82.00 ± 2.00 (n=3) |" in text
+        assert "| batchnorm | 92.00 ± 4.97 (n=3) | 82.00 ± 4.97 (n=3) |" in text
     if fmt == "latex":
-        assert "\\begin{tabular}{lrr}" in text and "batchnorm & 92.00 $\\pm$ 2.00 (n=3)" in text
+        assert "\\begin{tabular}{lrr}" in text and "batchnorm & 92.00 $\\pm$ 4.97 (n=3)" in text
     if fmt == "csv":
         block = text.split("\n\n")[0].split("\n", 1)[1]
         table = pd.read_csv(pd.io.common.StringIO(block), index_col=0)
-        assert table.loc["affine", "bs 32"] == "71.00 ± 1.00 (n=3)"
+        assert table.loc["affine", "bs 32"] == "71.00 ± 2.48 (n=3)"
 
 
 def run_results(*args):
@@ -133,7 +137,7 @@ def test_cli_writes_tidy_tables_and_figures(sweep):
     assert figures == ["curves", "final_vs_batch_size", "heatmap"]
     for png in sweep.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    assert "92.00 ± 2.00 (n=3)" in result.stdout
+    assert "92.00 ± 4.97 (n=3)" in result.stdout
 
 
 @pytest.mark.parametrize("make", ["nothing", "empty"])
@@ -200,3 +204,9 @@ def test_a_run_folder_from_before_full_identities_is_left_out_with_a_note(tmp_pa
     [warning] = warnings
     assert warning.startswith(f"{old / 'summary.csv'}: written by a bnstudy before full run")
     assert "rerun its config" in warning
+
+
+def test_a_cell_with_one_seed_says_so(tmp_path):
+    write_run(tmp_path, "batchnorm", 32, 0, [50.0, 60.0, 70.0])
+    final, _ = tables(tmp_path, "final_test_acc")
+    assert final.loc["batchnorm", "bs 32"] == "70.00 (1 seed)"
