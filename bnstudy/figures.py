@@ -42,13 +42,17 @@ def plot(runs: pd.DataFrame, epochs: pd.DataFrame, out: Path) -> list[Path]:
             fig = draw(plt, group, sub_epochs, label)
             if fig is None:
                 continue
-            path = out / f"{name}-{slug}.png"
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-            plt.close(fig)
-            write_atomic(path, buffer.getvalue())
-            written.append(path)
+            written.append(_save(plt, fig, out / f"{name}-{slug}.png"))
     return written
+
+
+def _save(plt, fig, path: Path) -> Path:
+    """Write `fig` as a PNG atomically, close it, and return `path`."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    write_atomic(path, buffer.getvalue())
+    return path
 
 
 def _models(runs: pd.DataFrame) -> list[str]:
@@ -211,10 +215,5 @@ def plot_lr_sensitivity(runs: pd.DataFrame, out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.set_title(f"{model}, batch {size}: lr sensitivity (✕ = diverged)", fontsize=10)
         ax.legend(fontsize=8)
-        path = out / f"lr_sensitivity-{model}-bs{size}.png"
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        write_atomic(path, buffer.getvalue())
-        written.append(path)
+        written.append(_save(plt, fig, out / f"lr_sensitivity-{model}-bs{size}.png"))
     return written

@@ -31,7 +31,7 @@ from bnstudy.data import DatasetError
 from bnstudy.errors import PROG, USER_ERRORS, as_out_of_memory, exit_with, first_line, one_line
 from bnstudy.gpus import claim_gpu
 from bnstudy.norms import count_norm_parameters
-from bnstudy.parts import Parts, build_parts, checkpoint_state, fold, restore
+from bnstudy.parts import build_parts, checkpoint_state, fold, restore
 from bnstudy.records import FINISHED, EpochMetrics, RecordsError, RunFolder, Summary
 from bnstudy.sweep import record_job, record_start
 from bnstudy.train import Diverged, fit
@@ -92,18 +92,18 @@ def execute(cfg: DictConfig, run_dir: Path) -> Outcome:
             return _train(cfg, ident, folder, previous, device)
 
 
-def _build(cfg: DictConfig, device: torch.device) -> Parts:
+@contextmanager
+def _out_of_memory_named(cfg: DictConfig) -> Iterator[None]:
+    """An allocator's out-of-memory error as one line naming the size asked for and the run's
+    model, width and batch size (errors.OutOfMemory); every other error as it is."""
     try:
-        return build_parts(cfg, device)
+        yield
     except RuntimeError as e:
-        oom = as_out_of_memory(e, _size_of(cfg))
+        size = f"{cfg.model.name} at model.width={cfg.model.width}, batch_size={cfg.batch_size}"
+        oom = as_out_of_memory(e, size)
         if oom is None:
             raise
         raise oom from None
-
-
-def _size_of(cfg: DictConfig) -> str:
-    return f"{cfg.model.name} at model.width={cfg.model.width}, batch_size={cfg.batch_size}"
 
 
 def _train(
@@ -142,7 +142,8 @@ def _train(
 
     record("running")  # from here on, every way out of this run leaves a status
     try:
-        parts = _build(cfg, device)
+        with _out_of_memory_named(cfg):
+            parts = build_parts(cfg, device)
         summary = replace(
             summary,
             n_params=sum(p.numel() for p in parts.model.parameters()),
@@ -178,7 +179,7 @@ def _train(
             f"{summary.n_norm_params:,}",
             folder.path,
         )
-        try:
+        with _out_of_memory_named(cfg):
             fit(
                 parts.train_model,
                 parts.train_loader,
@@ -195,11 +196,6 @@ def _train(
                 scaler=parts.scaler,
                 clip_grad_norm=cfg.optim.clip_grad_norm,
             )
-        except RuntimeError as e:
-            oom = as_out_of_memory(e, _size_of(cfg))
-            if oom is None:
-                raise
-            raise oom from None
         # In this order: a kill between any two steps never trains a finished run again.
         folder.save_model(parts.model.state_dict())
         record("completed")
