@@ -94,7 +94,7 @@ class TrainerConfig:
     # Steps between looks at the running loss (bar update and non-finite check).
     log_every: int = 50
     # Fast paths (bnstudy/accel.py). auto/null: bf16 + channels_last on CUDA; on the CPU fp32 +
-    # NCHW, the same numbers on every x86 machine.
+    # NCHW, a choice that does not depend on the processor.
     precision: str = "auto"  # auto, fp32, bf16, fp16
     channels_last: bool | None = None
     compile: str = "none"  # none, default, reduce-overhead (CUDA graphs), max-autotune

@@ -100,6 +100,7 @@ def check(cfg: Any) -> dict[str, Any]:
     """Every check that needs no run folder; returns the resolved config (see `resolved`)."""
     validate(cfg)
     check_output_root(cfg.paths.output_root)
+    check_memory(cfg, resolve_device(cfg.device.name))  # before reading (or fetching) data
     train, _ = load_dataset(
         cfg.dataset.name,
         cfg.dataset.root,
@@ -121,7 +122,6 @@ def check(cfg: Any) -> dict[str, Any]:
             f"batch_size={cfg.batch_size} exceeds the {n_train} training images{held}; lower "
             "batch_size or data.val_size, or raise data.train_subset"
         )
-    check_memory(cfg, resolve_device(cfg.device.name))
     return resolved(cfg)
 
 
