@@ -3,7 +3,8 @@
 Each is a `trainer.*` key. On a GPU the defaults ("auto"/null) pick the fastest choice; on the
 CPU they pick fp32 and NCHW on every processor, because the fast CPU choices depend on it: bf16
 is native on some CPUs and emulated on others, and oneDNN's channels_last convolutions hang or
-crash on AVX2-only CPUs at small channel counts. A choice that cannot work on the device is refused with a FastPathError.
+crash on AVX2-only CPUs at small channel counts. A choice that cannot work on the device is
+refused with a FastPathError.
 """
 
 from __future__ import annotations
