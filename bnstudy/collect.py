@@ -145,8 +145,9 @@ def collect(root: Path, warn: Callable[[str], None] = _warn) -> tuple[pd.DataFra
         epochs = epochs[epochs["run_dir"].isin(runs["run_dir"])]
         epochs = epochs.sort_values(["run_id", "epoch"]).reset_index(drop=True)
     runs = with_variant(runs.sort_values(["run_id", "run_dir"]).reset_index(drop=True))
-    if not epochs.empty:
-        epochs = with_variant(epochs)
+    if not epochs.empty:  # one label per run, not per epoch row
+        labels = runs.set_index("run_id")[VARIANT]
+        epochs = epochs.assign(**{VARIANT: epochs["run_id"].map(labels)})
     return runs, epochs
 
 
