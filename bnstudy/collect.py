@@ -48,7 +48,7 @@ def _warn(message: str) -> None:
     print(f"bnstudy.results: warning: {message}", file=sys.stderr)
 
 
-def _problem(text: str, required: tuple[str, ...], numeric: tuple[str, ...], one_row: bool):
+def _problem(text: str, required: tuple[str, ...], one_row: bool) -> str | None:
     """Why a record file cannot be used (None if it can): a damaged file is left out whole."""
     rows = list(csv.reader(io.StringIO(text)))
     if not rows:
@@ -66,15 +66,9 @@ def _problem(text: str, required: tuple[str, ...], numeric: tuple[str, ...], one
         return "header only, no rows"
     if one_row and len(body) != 1:
         return f"{len(body)} rows where one is expected"
-    where = [header.index(c) for c in numeric]
     for n, row in enumerate(body, start=2):
         if len(row) != len(header):
             return f"line {n} has {len(row)} fields, the header {len(header)}"
-        for i in where:
-            try:
-                float(row[i] or "nan")  # empty: a value the run does not have (no validation)
-            except ValueError:
-                return f"line {n}: {header[i]}={row[i]!r} is not a number"
     return None
 
 
@@ -96,7 +90,7 @@ def _concat_csvs(
         except (OSError, UnicodeDecodeError) as e:
             warn(f"{path}: cannot be read ({type(e).__name__}); left out")
             continue
-        problem = _problem(text, required, numeric, one_row)
+        problem = _problem(text, required, one_row)
         if problem is not None:
             warn(f"{path}: {problem}; left out")
             continue
@@ -108,7 +102,26 @@ def _concat_csvs(
         pd.read_csv(io.StringIO(f"{header},run_dir\n" + "\n".join(lines)))
         for header, lines in by_header.items()
     ]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return _numbers_only(frame, numeric, root, paths[0].name if paths else "", warn)
+
+
+def _numbers_only(
+    frame: pd.DataFrame, numeric: tuple[str, ...], root: Path, name: str, warn: Callable
+) -> pd.DataFrame:
+    """Leave out, whole, every file with a value in a `numeric` column that is not a number
+    (empty is fine: a value the run does not have, e.g. no validation split)."""
+    bad_dirs: dict[str, str] = {}
+    for column in numeric:
+        if column not in frame:
+            continue
+        values = frame[column]
+        bad = pd.to_numeric(values, errors="coerce").isna() & values.notna()
+        for run_dir, value in zip(frame.loc[bad, "run_dir"], values[bad], strict=True):
+            bad_dirs.setdefault(run_dir, f"{column}={value!r} is not a number")
+    for run_dir, problem in bad_dirs.items():
+        warn(f"{root / run_dir / name}: {problem}; left out")
+    return frame[~frame["run_dir"].isin(bad_dirs)] if bad_dirs else frame
 
 
 def _quote(text: str) -> str:
