@@ -80,12 +80,13 @@ class OptimizerKind:
     schema: type  # the `optim` group's schema for this choice (conf/optim/<name>.yaml)
     # (parameter groups, the optim config, lr) -> optimizer; a group's weight_decay wins.
     build: Callable[[list[dict], Any, float], torch.optim.Optimizer]
+    state_slots: int  # fp32 tensors of optimizer state per parameter (the memory check)
 
 
 # The optim group's choices.
 OPTIMIZERS: dict[str, OptimizerKind] = {
-    "sgd": OptimizerKind(SGDConfig, _sgd),
-    "adam": OptimizerKind(AdamConfig, _adam),
+    "sgd": OptimizerKind(SGDConfig, _sgd, state_slots=1),  # momentum
+    "adam": OptimizerKind(AdamConfig, _adam, state_slots=2),  # first and second moments
 }
 
 

@@ -26,13 +26,10 @@ from bnstudy.config import SCHEMA_SUFFIX, ConfigError, config_groups, resolve_de
 from bnstudy.controls import DEFAULTS, variant_label
 from bnstudy.data import load_dataset
 from bnstudy.errors import PROG, USER_ERRORS, exit_with
+from bnstudy.optim import OPTIMIZERS
 from bnstudy.parts import build_model
 from bnstudy.records import BATCH_SIZE, DATASET, MODEL, NORM, WIDTH, RunFolder
 from bnstudy.tuning import TuningError, lr_for
-
-# Bytes per parameter for fp32 weights, their gradients and one fp32 optimizer slot
-# (SGD's momentum); Adam keeps two slots.
-_BYTES_PER_PARAM = {"sgd": 3 * 4, "adam": 4 * 4}
 
 
 def resolved(cfg: Any) -> dict[str, Any]:
@@ -72,7 +69,8 @@ def check_memory(cfg: Any, device: torch.device) -> None:
     """Refuse a model whose weights, gradients and optimizer state exceed the free memory."""
     with torch.device("meta"):  # counts parameters without allocating them
         n_params = sum(p.numel() for p in build_model(cfg).parameters())
-    needed = n_params * _BYTES_PER_PARAM.get(cfg.optim.name, 16)
+    # fp32 weights, their gradients and the optimizer's state, 4 bytes each.
+    needed = n_params * 4 * (2 + OPTIMIZERS[cfg.optim.name].state_slots)
     free = _free_memory(device)
     if free is not None and needed > free:
         raise ConfigError(

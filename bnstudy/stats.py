@@ -29,10 +29,12 @@ def mean_ci(values: Iterable[float]) -> tuple[float, float | None, int]:
 def mean_ci_text(values: Iterable[float]) -> str:
     """`92.00 ± 4.97 (n=3)`: mean ± 95% CI half-width over seeds; one seed is said as such."""
     mean, half, n = mean_ci(values)
-    if half is None:
+    text = ci_text(mean, half)
+    return text if half is None else f"{text} (n={n})"
+
+
+def ci_text(mean: float, half: float | None) -> str:
+    """`92.00 ± 4.97`, or `92.00 (1 seed)` where there is no interval (None or NaN)."""
+    if half is None or math.isnan(half):
         return f"{mean:.2f} (1 seed)"
-    return f"{mean:.2f} ± {half:.2f} (n={n})"
-
-
-def is_finite(x: float) -> bool:
-    return not (math.isnan(x) or math.isinf(x))
+    return f"{mean:.2f} ± {half:.2f}"

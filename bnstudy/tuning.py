@@ -16,7 +16,7 @@ import pandas as pd
 from bnstudy.collect import VARIANT, identity_columns
 from bnstudy.controls import DEFAULTS
 from bnstudy.records import BATCH_SIZE, DATASET, MODEL, NORM, SEED, WIDTH
-from bnstudy.stats import mean_ci
+from bnstudy.stats import ci_text, mean_ci
 
 LR = "optim.lr"
 BASELINE = "batchnorm"  # the variant every other is compared with
@@ -90,10 +90,15 @@ def tuned_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _equal(column: pd.Series, value: object) -> pd.Series:
+    """column == value, where an unset value (NaN, None) equals an unset value."""
+    return (column == value) | (column.isna() & pd.isna(value))
+
+
 def _runs_of(done: pd.DataFrame, choice: dict, keys: list[str]) -> pd.DataFrame:
     mask = done[LR] == choice[LR]
     for k in keys:
-        mask &= (done[k] == choice[k]) | (done[k].isna() & pd.isna(choice[k]))
+        mask &= _equal(done[k], choice[k])
     return done[mask]
 
 
@@ -102,7 +107,7 @@ def _baseline_choice(choices: pd.DataFrame, choice: dict, keys: list[str]) -> di
     same = choices[choices[VARIANT] == BASELINE]
     for k in keys:
         if k not in VARIANT_KEYS:
-            same = same[(same[k] == choice[k]) | (same[k].isna() & pd.isna(choice[k]))]
+            same = same[_equal(same[k], choice[k])]
     return same.iloc[0].to_dict() if len(same) else None
 
 
@@ -125,7 +130,7 @@ def tuned_cells(table: pd.DataFrame) -> Iterable[tuple[str, pd.DataFrame]]:
                 "lr (chosen on val)": [f"{v:g}" for v in group[LR]],
                 "val acc %": [_format(v) for v in group["val_score"]],
                 "test acc % (mean ± 95% CI)": [
-                    f"{_format(m)} ± {_format(h)}" if not pd.isna(h) else f"{_format(m)} (1 seed)"
+                    ci_text(m, h)
                     for m, h in zip(group["test_acc"], group["test_ci95"], strict=True)
                 ],
                 "n": list(group["n"]),
