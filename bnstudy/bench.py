@@ -16,11 +16,11 @@ import argparse
 import itertools
 import math
 import multiprocessing
+import os
 import resource
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,26 +31,19 @@ from torch import nn
 
 from bnstudy.config import CONF_DIR, ConfigError, resolve_device
 from bnstudy.data import DATASETS, DatasetError
-from bnstudy.errors import one_line
+from bnstudy.diagnostics import layer_stats, probe_of
+from bnstudy.errors import first_line, one_line
 from bnstudy.norms import NORMS
 from bnstudy.parts import build_model, build_optimizer, build_parts
-from bnstudy.preflight import check
+from bnstudy.preflight import load_config
 from bnstudy.records import write_csv
+from bnstudy.stopping import EXIT_INTERRUPTED, GRACE_SECONDS, stops_within_seconds
 from bnstudy.train import train_step
 
 COLUMNS = (
     "path", "device", "model", "width", "norm", "batch_size", "precision", "channels_last",
     "compile", "images_per_s", "ms_per_step", "peak_memory_mb", "vs_reference",
 )  # fmt: skip
-
-
-def load_config(overrides: list[str], experiment: str | None = None) -> DictConfig:
-    """The config `python -m bnstudy.run OVERRIDES` would run, checked as a run is."""
-    extra = [f"experiment={experiment}"] if experiment else []
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, *extra], return_hydra_config=True)
-    check(cfg)
-    return cfg
 
 
 # ------------------------------------------------------------------------ measurements
@@ -93,8 +86,15 @@ def measure_bnstudy(cfg: DictConfig, warmup: int, steps: int) -> dict[str, Any]:
         )
 
     seconds = _timed(step, device, warmup, steps)
+    # What trainer.diagnostics adds to each epoch: one layers.csv record, on the gradients
+    # the last step left, as the run computes it.
+    probe, _ = probe_of(parts, cfg)
+    record_seconds = _timed(lambda: layer_stats(parts.model, probe, epoch=1), device, 1, 3)
+    epoch_seconds = seconds * len(parts.train_loader)
     return {
         "path": "bnstudy",
+        "diagnostics_ms": 1000 * record_seconds,
+        "diagnostics_share": 100 * record_seconds / epoch_seconds,
         "precision": parts.fast.precision,
         "channels_last": parts.fast.channels_last,
         "compile": parts.fast.compile,
@@ -172,11 +172,49 @@ def measure_reference(cfg: DictConfig, warmup: int, steps: int, workers: int) ->
 
 
 def _in_fresh_process(function: Any, *args: Any) -> dict[str, Any]:
-    """Run a measurement in a new process: clean peak memory, no state from the last one."""
-    # An executor's worker may start DataLoader workers of its own (a Pool's may not).
+    """Run a measurement in a new process: clean peak memory, no state from the last one.
+    The process ends with this one: on Ctrl-C or any error here it is terminated (killed if
+    it does not stop), and if this process is killed it stops itself (stopping.py)."""
+    # spawn, not a Pool: the child may start DataLoader workers of its own.
     spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as executor:
-        return executor.submit(function, *args).result()
+    receive, send = spawn.Pipe(duplex=False)
+    child = spawn.Process(target=_child, args=(send, os.getpid(), function, args))
+    child.start()
+    send.close()
+    try:
+        ok, value = receive.recv()
+    except EOFError:
+        raise RuntimeError(f"the measurement process died (exit code {child.exitcode})") from None
+    finally:
+        receive.close()
+        _end(child)
+    if not ok:
+        raise value
+    return value
+
+
+def _child(send: Any, parent: int, function: Any, args: tuple) -> None:
+    with stops_within_seconds(owner=parent):
+        try:
+            result = (True, function(*args))
+        except (ConfigError, DatasetError) as e:
+            result = (False, e)
+        except Exception as e:  # as one line: the exception may not survive pickling
+            result = (False, RuntimeError(first_line(e)))
+        except KeyboardInterrupt:
+            return  # Ctrl-C reached the whole process group: the parent reports it
+        send.send(result)
+
+
+def _end(child: Any) -> None:
+    """Wait briefly for `child` to finish; terminate it, then kill it, if it does not."""
+    child.join(timeout=1)
+    if child.is_alive():
+        child.terminate()
+        child.join(timeout=GRACE_SECONDS + 1)
+    if child.is_alive():
+        child.kill()
+        child.join()
 
 
 def _measure_job(kind: str, overrides: list[str], warmup: int, steps: int, workers: int):
@@ -294,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError) as e:
         print(f"bnstudy.bench: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("bnstudy.bench: interrupted; nothing written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     reference = next((r for r in rows if r["path"] == "reference"), None)
     for row in rows:
         row["vs_reference"] = (
@@ -303,6 +344,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.variants:
         times = [r["ms_per_step"] for r in rows if r["path"] == "bnstudy"]
         print(f"variants: slowest/fastest step time = {max(times) / min(times):.3f}")
+    for row in rows:
+        if "diagnostics_ms" in row:
+            print(
+                f"diagnostics (layers.csv, trainer.diagnostics) for norm={row['norm']}: "
+                f"{row['diagnostics_ms']:,.0f} ms per epoch = {row['diagnostics_share']:.2f}% "
+                f"of an epoch's training ({row['train_images']:,} images at this throughput)"
+            )
     for experiment in ESTIMATED_GRIDS:
         print(estimate_grid_hours(rows[0], overrides, rows[0]["train_images"], experiment))
     out = args.out or Path(cfg.paths.output_root) / "bench" / (

@@ -20,6 +20,8 @@ from bnstudy.records import (
     BATCH_SIZE,
     DATASET,
     EPOCH_COLUMNS,
+    LAYER_COLUMNS,
+    LAYERS_FILE,
     METRICS_FILE,
     MODEL,
     NORM,
@@ -164,6 +166,22 @@ def collect(root: Path, warn: Callable[[str], None] = _warn) -> tuple[pd.DataFra
     return runs, epochs
 
 
+def collect_layers(
+    root: Path, runs: pd.DataFrame, warn: Callable[[str], None] = _warn
+) -> pd.DataFrame:
+    """The layers.csv of every run in `runs` as one frame, with each run's variant. Only a file
+    beside a summary.csv is a run's record: the gathered layers.csv that `results` writes at
+    a folder's root is not read back."""
+    paths = sorted(p for p in root.rglob(LAYERS_FILE) if (p.parent / SUMMARY_FILE).is_file())
+    numeric = tuple(c for c in LAYER_COLUMNS if c not in ("layer", "kind"))
+    layers = _concat_csvs(paths, root, (*REQUIRED, *LAYER_COLUMNS), numeric=numeric, warn=warn)
+    if layers.empty:
+        return layers
+    layers = layers[layers["run_dir"].isin(runs["run_dir"])]
+    labels = runs.set_index("run_id")[VARIANT]
+    return layers.assign(**{VARIANT: layers["run_id"].map(labels)}).reset_index(drop=True)
+
+
 def with_variant(frame: pd.DataFrame) -> pd.DataFrame:
     """`frame` with the VARIANT column: norm plus the controls that differ from their default."""
     labels = [variant_label(row) for row in frame.to_dict("records")]
@@ -186,7 +204,7 @@ def _once_per_run(runs: pd.DataFrame, warn: Callable[[str], None]) -> pd.DataFra
 
 def identity_columns(frame: pd.DataFrame) -> list[str]:
     """The identity columns of a runs or epochs frame: everything but the records' fields."""
-    fields = {*SUMMARY_COLUMNS, *EPOCH_COLUMNS, "run_dir", VARIANT}
+    fields = {*SUMMARY_COLUMNS, *EPOCH_COLUMNS, *LAYER_COLUMNS, "run_dir", VARIANT}
     return [c for c in frame.columns if c not in fields]
 
 

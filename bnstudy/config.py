@@ -101,6 +101,12 @@ class TrainerConfig:
     cudnn_benchmark: bool = True
     # all, or norm: only γ, β and the classifier learn; every conv stays at its random init.
     train_only: str = DEFAULTS["trainer.train_only"]
+    # layers.csv: γ, β, activations on a fixed probe batch and gradient norms per layer, at
+    # init and after every epoch (bnstudy/diagnostics.py); they change no result.
+    diagnostics: bool = True
+    # TensorBoard scalars of every epoch's metrics in <run folder>/tensorboard (the CSVs stay
+    # the record).
+    tensorboard: bool = False
 
 
 @dataclass

@@ -12,7 +12,7 @@ and a readable name for a run's variant. No torch here (bnstudy.results reads it
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "norm.init": ("ones", "data"),
@@ -26,6 +26,15 @@ DEFAULTS: dict[str, object] = {
     "model.zero_init_residual": False,
     "norm.freeze_after": None,
 }
+
+
+BASELINE = "batchnorm"  # the variant every other is compared with, first in tables and figures
+
+
+def variant_order(labels: Iterable[str]) -> list[str]:
+    """Variant labels in the order of every table and figure: the baseline, then its
+    ablations (`batchnorm + …`), then the others alphabetically."""
+    return sorted(set(labels), key=lambda label: (label.split(" + ")[0] != BASELINE, label))
 
 
 def variant_label(values: Mapping[str, object]) -> str:

@@ -1,5 +1,8 @@
 """The paper's figures from collected runs, as PNG files: accuracy curves per epoch, final
-accuracy against batch size, and a heatmap of the grid."""
+accuracy against batch size, a heatmap of the grid and, from layers.csv, γ over training and
+the signal against depth. Every figure says how many seeds it shows, draws a spread only
+where there are several, gives each variant its own colour, marker and dashes (baseline
+first), and rounds as the tables do."""
 
 from __future__ import annotations
 
@@ -12,19 +15,25 @@ from pathlib import Path
 import pandas as pd
 
 from bnstudy.collect import VARIANT, identity_columns
+from bnstudy.controls import variant_order
 from bnstudy.files import write_atomic
-from bnstudy.records import BATCH_SIZE, DATASET, MODEL, SEED, WIDTH
+from bnstudy.records import BATCH_SIZE, DATASET, MODEL, SEED, SIGNAL_KINDS, SMALL_GAMMA, WIDTH
+from bnstudy.stats import mean_ci
 from bnstudy.tables import AXES, _details, _natural
 
 
-def plot(runs: pd.DataFrame, epochs: pd.DataFrame, out: Path) -> list[Path]:
-    """Write the figures as PNG into `out`; returns their paths."""
+def plot(
+    runs: pd.DataFrame, epochs: pd.DataFrame, out: Path, layers: pd.DataFrame | None = None
+) -> list[Path]:
+    """Write the figures as PNG into `out`; returns their paths. With `layers` (layers.csv of
+    the runs), also γ over training and the signal against depth, per model and batch size."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: works without a display
     import matplotlib.pyplot as plt
 
     written = []
+    style = styles(variant_order(runs[VARIANT]))  # one look per variant in every figure
     # One figure per setting but the model: the models are its panels.
     setting = [c for c in identity_columns(runs) if c not in ("run_id", MODEL, *AXES)]
     varying = [c for c in setting if runs[c].nunique(dropna=False) > 1]
@@ -33,20 +42,28 @@ def plot(runs: pd.DataFrame, epochs: pd.DataFrame, out: Path) -> list[Path]:
         label = f"{values[DATASET]}, {_details(values, varying)}"
         slug = hashlib.sha256(label.encode()).hexdigest()[:6]
         slug = f"{values[DATASET]}-w{values[WIDTH]}-{slug}"
+        figure = Figure(plt, group, style, label, _chance(values[DATASET]))
         sub_epochs = epochs.merge(group[["run_id"]], on="run_id") if not epochs.empty else epochs
         for name, draw in (
-            ("curves", _plot_curves),
-            ("final_vs_batch_size", _plot_final_vs_batch),
-            ("heatmap", _plot_heatmap),
+            ("curves", figure.curves),
+            ("final_vs_batch_size", figure.final_vs_batch),
+            ("heatmap", figure.heatmap),
         ):
-            fig = draw(plt, group, sub_epochs, label)
-            if fig is None:
-                continue
-            written.append(_save(plt, fig, out / f"{name}-{slug}.png"))
+            fig = draw(sub_epochs)
+            if fig is not None:
+                written.append(save(plt, fig, out / f"{name}-{slug}.png"))
+        if layers is None or layers.empty:
+            continue
+        sub_layers = layers.merge(group[["run_id"]], on="run_id")
+        for (model, size), cell in sub_layers.groupby([MODEL, BATCH_SIZE], sort=True):
+            for name, draw in (("gamma", figure.gamma), ("signal", figure.signal)):
+                fig = draw(cell, f"{model}, batch {size}")
+                if fig is not None:
+                    written.append(save(plt, fig, out / f"{name}-{model}-bs{size}-{slug}.png"))
     return written
 
 
-def _save(plt, fig, path: Path) -> Path:
+def save(plt, fig, path: Path) -> Path:
     """Write `fig` as a PNG atomically, close it, and return `path`."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -55,137 +72,267 @@ def _save(plt, fig, path: Path) -> Path:
     return path
 
 
-def _models(runs: pd.DataFrame) -> list[str]:
-    return sorted(runs[MODEL].unique(), key=_natural)
+MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*", "<", ">", "h")
+LINESTYLES = ("-", "--", "-.", ":")
 
 
-def _norm_colors(norms: Iterable[str]) -> dict[str, str]:
-    return {n: f"C{i}" for i, n in enumerate(sorted(norms))}
+def styles(labels: list[str]) -> dict[str, dict]:
+    """A colour, marker and line style per label, in order: lines that coincide stay
+    distinguishable (hollow markers of different shapes, different dashes)."""
+    return {
+        label: {
+            "color": f"C{i % 10}",
+            "marker": MARKERS[i % len(MARKERS)],
+            "linestyle": LINESTYLES[i % len(LINESTYLES)],
+            "markerfacecolor": "none",
+            "markersize": 5,
+        }
+        for i, label in enumerate(labels)
+    }
 
 
-def _legend_and_title(fig, handles: list, title: str) -> None:
-    """A two-line title on top and the variants' legend to the right, clear of the panels."""
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.82, 1))
-    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(0.83, 0.5), title="norm")
+def _chance(dataset: str) -> float | None:
+    """Accuracy (%) of guessing: 100 / classes of the dataset (None if not in DATASETS)."""
+    from bnstudy.data import DATASETS  # imports torch: only when figures are drawn
+
+    spec = DATASETS.get(dataset)
+    return 100.0 / spec.classes if spec else None
 
 
-def _plot_curves(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: str):
-    if epochs.empty:
-        return None
-    models = _models(runs)
-    sizes = sorted(runs[BATCH_SIZE].unique())
-    colors = _norm_colors(runs[VARIANT].unique())
-    fig, axes = plt.subplots(
-        len(models),
-        len(sizes),
-        figsize=(max(3.6 * len(sizes), 5.5), 2.9 * len(models) + 0.8),
-        squeeze=False,
-        sharey=True,
-    )
-    for i, model in enumerate(models):
-        for j, size in enumerate(sizes):
+def seeds_text(counts: Iterable[int]) -> str:
+    """`1 seed`, `3 seeds`, or `1-3 seeds per point` from the seeds behind each point."""
+    low, high = min(counts, default=0), max(counts, default=0)
+    if low == high:
+        return f"{low} seed" + ("s" if low != 1 else "")
+    return f"{low}-{high} seeds per point"
+
+
+class Figure:
+    """The figures of one setting (`runs`, all models and batch sizes): shared look, title
+    and chance level."""
+
+    def __init__(self, plt, runs, style: dict, label: str, chance: float | None) -> None:
+        self.plt, self.runs, self.style, self.label, self.chance = plt, runs, style, label, chance
+        self.models = sorted(runs[MODEL].unique(), key=_natural)
+        self.sizes = sorted(runs[BATCH_SIZE].unique())
+        self.done = runs[runs["status"] == "completed"]
+
+    def _variants(self, frame: pd.DataFrame) -> list[str]:
+        return [v for v in self.style if v in set(frame[VARIANT])]
+
+    def _chance_line(self, ax) -> None:
+        if self.chance is not None:
+            ax.axhline(self.chance, color="0.4", linestyle=":", linewidth=1)
+
+    def _finish(self, fig, variants: list[str], title: str, chance: bool = True) -> None:
+        """The title on top and the legend to the right, clear of the panels."""
+        fig.suptitle(f"{title}\n{self.label}", fontsize=10)
+        fig.tight_layout(rect=(0, 0, 0.8, 1))
+        handles = [self.plt.Line2D([], [], label=v, **self.style[v]) for v in variants]
+        if chance and self.chance is not None:
+            handles.append(
+                self.plt.Line2D([], [], color="0.4", linestyle=":", label="chance level")
+            )
+        fig.legend(handles=handles, loc="center left", bbox_to_anchor=(0.81, 0.5), fontsize=8)
+
+    def curves(self, epochs: pd.DataFrame):
+        if epochs.empty:
+            return None
+        fig, axes = self.plt.subplots(
+            len(self.models),
+            len(self.sizes),
+            figsize=(max(3.6 * len(self.sizes), 5.5) + 1.5, 2.9 * len(self.models) + 0.9),
+            squeeze=False,
+            sharey=True,
+        )
+        counts = []
+        for (i, model), (j, size) in itertools.product(
+            enumerate(self.models), enumerate(self.sizes)
+        ):
             ax = axes[i][j]
             cell = epochs[(epochs[MODEL] == model) & (epochs[BATCH_SIZE] == size)]
-            for norm, curves in cell.groupby(VARIANT):
+            for variant in self._variants(cell):
+                curves = cell[cell[VARIANT] == variant]
                 stats = curves.groupby("epoch")["test_acc"].agg(["mean", "min", "max"])
                 # Markers: a run that diverged after one epoch is still a visible point.
-                ax.plot(
-                    stats.index,
-                    stats["mean"],
-                    color=colors[norm],
-                    marker="o",
-                    markersize=3,
-                    label=norm,
-                )
-                if curves[SEED].nunique() > 1:
+                ax.plot(stats.index, stats["mean"], label=variant, **self.style[variant])
+                counts.append(curves[SEED].nunique())
+                if counts[-1] > 1:
+                    color = self.style[variant]["color"]
                     ax.fill_between(
-                        stats.index, stats["min"], stats["max"], color=colors[norm], alpha=0.2
+                        stats.index, stats["min"], stats["max"], color=color, alpha=0.15
                     )
+            self._chance_line(ax)
             ax.set_title(f"{model}, batch {size}", fontsize=9)
             ax.set_xlabel("epoch")
             if j == 0:
                 ax.set_ylabel("test accuracy (%)")
             ax.grid(alpha=0.3)
-            ax.xaxis.set_major_locator(plt.MaxNLocator(nbins=5, integer=True))
-    handles = [plt.Line2D([], [], color=c, marker="o", label=n) for n, c in colors.items()]
-    _legend_and_title(fig, handles, f"Test accuracy per epoch (band: min..max over seeds)\n{label}")
-    return fig
+            ax.xaxis.set_major_locator(self.plt.MaxNLocator(nbins=5, integer=True))
+        band = ", band: min..max over seeds" if max(counts, default=1) > 1 else ""
+        title = f"Test accuracy per epoch (mean of {seeds_text(counts)}{band})"
+        self._finish(fig, self._variants(epochs), title)
+        return fig
 
-
-def _plot_final_vs_batch(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: str):
-    done = runs[runs["status"] == "completed"]
-    if done.empty:
-        return None
-    models = _models(runs)
-    colors = _norm_colors(runs[VARIANT].unique())
-    fig, axes = plt.subplots(
-        1, len(models), figsize=(max(4.2 * len(models), 5.5), 4.0), squeeze=False, sharey=True
-    )
-    for ax, model in zip(axes[0], models, strict=True):
-        for norm, cell in done[done[MODEL] == model].groupby(VARIANT):
-            stats = cell.groupby(BATCH_SIZE)["final_test_acc"].agg(["mean", "std"])
-            ax.errorbar(
-                stats.index,
-                stats["mean"],
-                yerr=stats["std"].fillna(0),
-                marker="o",
-                capsize=3,
-                color=colors[norm],
-                label=norm,
-            )
-        ax.set_xscale("log", base=2)
-        sizes = sorted(runs[BATCH_SIZE].unique())
-        ax.set_xticks(sizes, [str(s) for s in sizes])
-        ax.minorticks_off()
-        ax.set_title(model)
-        ax.set_xlabel("batch size")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("final test accuracy (%)")
-    handles = [plt.Line2D([], [], color=c, marker="o", label=n) for n, c in colors.items()]
-    _legend_and_title(
-        fig, handles, f"Final test accuracy vs batch size (mean ± std over seeds)\n{label}"
-    )
-    return fig
-
-
-def _plot_heatmap(plt, runs: pd.DataFrame, epochs: pd.DataFrame, label: str):
-    models = _models(runs)
-    norms, sizes = sorted(runs[VARIANT].unique()), sorted(runs[BATCH_SIZE].unique())
-    done = runs[runs["status"] == "completed"]
-    if done.empty:
-        return None
-    # One colour scale for all panels, spanning the results rather than 0..100.
-    low, high = done["final_test_acc"].min(), done["final_test_acc"].max()
-    fig, axes = plt.subplots(
-        1,
-        len(models),
-        figsize=(max(0.75 * len(sizes) * len(models) + 2, 5.5), 0.6 * len(norms) + 2.2),
-        squeeze=False,
-        constrained_layout=True,
-    )
-    for ax, model in zip(axes[0], models, strict=True):
-        grid = (
-            done[done[MODEL] == model]
-            .pivot_table(index=VARIANT, columns=BATCH_SIZE, values="final_test_acc")
-            .reindex(index=norms, columns=sizes)
+    def final_vs_batch(self, epochs: pd.DataFrame):
+        if self.done.empty:
+            return None
+        fig, axes = self.plt.subplots(
+            1,
+            len(self.models),
+            figsize=(max(4.2 * len(self.models), 5.5) + 1.5, 4.0),
+            squeeze=False,
+            sharey=True,
         )
-        image = ax.imshow(grid.values.astype(float), cmap="viridis", vmin=low, vmax=high)
-        ax.set_xticks(range(len(sizes)), [str(s) for s in sizes])
-        ax.set_yticks(range(len(norms)), norms)
-        ax.set_xlabel("batch size")
-        ax.set_title(model)
-        for r, c in itertools.product(range(len(norms)), range(len(sizes))):
-            value = grid.values[r, c]
-            # No completed run: the cell stays blank white, so dark text on it.
-            text = "n/a" if pd.isna(value) else f"{value:.1f}"
-            dark = not pd.isna(value) and value < (low + high) / 2  # viridis is dark down low
-            ax.text(
-                c, r, text, ha="center", va="center", fontsize=8, color="white" if dark else "black"
+        counts = []
+        for ax, model in zip(axes[0], self.models, strict=True):
+            runs = self.done[self.done[MODEL] == model]
+            for variant in self._variants(runs):
+                points = runs[runs[VARIANT] == variant].groupby(BATCH_SIZE)["final_test_acc"]
+                summary = [(size, *mean_ci(values)) for size, values in points]
+                sizes, means, halves, ns = (list(column) for column in zip(*summary, strict=True))
+                counts += ns
+                ax.plot(sizes, means, label=variant, **self.style[variant])
+                bars = [(s, m, h) for s, m, h in zip(sizes, means, halves, strict=True) if h]
+                if bars:  # a 95% CI only where there are seeds to give one
+                    s, m, h = zip(*bars, strict=True)
+                    color = self.style[variant]["color"]
+                    ax.errorbar(s, m, yerr=h, fmt="none", ecolor=color, capsize=3)
+            self._chance_line(ax)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(self.sizes, [str(s) for s in self.sizes])
+            ax.minorticks_off()
+            ax.set_title(model)
+            ax.set_xlabel("batch size")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("final test accuracy (%)")
+        spread = " ± 95% CI" if max(counts) > 1 else ""
+        title = f"Final test accuracy vs batch size (mean{spread} of {seeds_text(counts)})"
+        self._finish(fig, self._variants(self.done), title)
+        return fig
+
+    def heatmap(self, epochs: pd.DataFrame):
+        if self.done.empty:
+            return None
+        variants = self._variants(self.runs)
+        # One colour scale for all panels, spanning the results rather than 0..100.
+        low, high = self.done["final_test_acc"].min(), self.done["final_test_acc"].max()
+        fig, axes = self.plt.subplots(
+            1,
+            len(self.models),
+            figsize=(
+                max(0.9 * len(self.sizes) * len(self.models) + 2.5, 5.5),
+                0.6 * len(variants) + 2.2,
+            ),
+            squeeze=False,
+            constrained_layout=True,
+        )
+        for ax, model in zip(axes[0], self.models, strict=True):
+            runs = self.done[self.done[MODEL] == model]
+            grid = runs.pivot_table(
+                index=VARIANT,
+                columns=BATCH_SIZE,
+                values="final_test_acc",
+                aggfunc=["mean", "count"],
             )
-    fig.colorbar(image, ax=axes[0].tolist(), label="final test accuracy (%)")
-    fig.suptitle(f"Final test accuracy (mean over completed seeds)\n{label}", fontsize=10)
-    return fig
+            means = grid["mean"].reindex(index=variants, columns=self.sizes)
+            counts = grid["count"].reindex(index=variants, columns=self.sizes)
+            image = ax.imshow(means.values.astype(float), cmap="viridis", vmin=low, vmax=high)
+            ax.set_xticks(range(len(self.sizes)), [str(s) for s in self.sizes])
+            ax.set_yticks(range(len(variants)), variants)
+            ax.set_xlabel("batch size")
+            ax.set_title(model)
+            for r, c in itertools.product(range(len(variants)), range(len(self.sizes))):
+                value, n = means.values[r, c], counts.values[r, c]
+                # No completed run: the cell stays blank white, so dark text on it.
+                text = "n/a" if pd.isna(value) else f"{value:.2f}\n(n={int(n)})"
+                dark = not pd.isna(value) and value < (low + high) / 2  # viridis is dark down low
+                color = "white" if dark else "black"
+                ax.text(c, r, text, ha="center", va="center", fontsize=7, color=color)
+        fig.colorbar(image, ax=axes[0].tolist(), label="final test accuracy (%)")
+        counts = self.done.groupby([MODEL, VARIANT, BATCH_SIZE]).size()
+        title = f"Final test accuracy (mean of {seeds_text(counts)}, as in the tables)"
+        fig.suptitle(f"{title}\n{self.label}", fontsize=10)
+        return fig
+
+    def gamma(self, layers: pd.DataFrame, where: str):
+        """Mean γ and the share of channels with |γ| < SMALL_GAMMA per stage against epoch,
+        one column of panels per variant that has γ."""
+        norms = layers[(layers["kind"] == "norm") & layers["gamma_mean"].notna()]
+        variants = self._variants(norms)
+        if not variants:
+            return None
+        # Per run, stage and epoch, over all channels of the stage: layer means weighted by
+        # their channels; then the mean over seeds.
+        weighted = norms.assign(
+            g=norms["gamma_mean"] * norms["channels"], s=norms["gamma_small"] * norms["channels"]
+        )
+        per_run = weighted.groupby([VARIANT, "run_id", "stage", "epoch"])[
+            ["g", "s", "channels"]
+        ].sum()
+        per_run = per_run.assign(
+            g=per_run["g"] / per_run["channels"], s=per_run["s"] / per_run["channels"]
+        )
+        stats = per_run.groupby([VARIANT, "stage", "epoch"])[["g", "s"]].mean().reset_index()
+        fig, axes = self.plt.subplots(
+            2, len(variants), figsize=(3.4 * len(variants) + 1.8, 5.6), squeeze=False, sharex=True
+        )
+        stages = sorted(stats["stage"].unique())
+        stage_style = styles([_stage_name(s) for s in stages])
+        for j, variant in enumerate(variants):
+            rows = stats[stats[VARIANT] == variant]
+            for stage in stages:
+                line = rows[rows["stage"] == stage]
+                look = stage_style[_stage_name(stage)]
+                axes[0][j].plot(line["epoch"], line["g"], **look)
+                axes[1][j].plot(line["epoch"], 100 * line["s"], **look)
+            axes[0][j].set_title(variant, fontsize=9)
+            axes[1][j].set_ylim(-2, max(10, 110 * rows["s"].max()))  # a share, in %
+            axes[1][j].set_xlabel("epoch (0 = init)")
+            for ax in axes[:, j]:
+                ax.grid(alpha=0.3)
+                ax.xaxis.set_major_locator(self.plt.MaxNLocator(nbins=5, integer=True))
+        axes[0][0].set_ylabel("mean γ")
+        axes[1][0].set_ylabel(f"channels with |γ| < {SMALL_GAMMA} (%)")
+        seeds = seeds_text(per_run.reset_index().groupby(VARIANT)["run_id"].nunique())
+        fig.suptitle(f"γ per stage over training ({where}, {seeds})\n{self.label}", fontsize=10)
+        fig.tight_layout(rect=(0, 0, 0.84, 1))
+        handles = [self.plt.Line2D([], [], label=n, **look) for n, look in stage_style.items()]
+        fig.legend(handles=handles, loc="center left", bbox_to_anchor=(0.85, 0.5), fontsize=8)
+        return fig
+
+    def signal(self, layers: pd.DataFrame, where: str):
+        """Std of each site's output on the probe batch against depth, at init (epoch 0) and
+        at each run's last recorded epoch, one line per variant, log scale."""
+        sites = layers[layers["kind"].isin(SIGNAL_KINDS) & layers["act_std"].notna()]
+        if sites.empty:
+            return None
+        last = sites.groupby("run_id")["epoch"].transform("max")
+        fig, axes = self.plt.subplots(1, 2, figsize=(10.5, 4.0), sharey=True, squeeze=False)
+        for ax, (when, rows) in zip(
+            axes[0],
+            (
+                ("at init", sites[sites["epoch"] == 0]),
+                ("at the end", sites[sites["epoch"] == last]),
+            ),
+            strict=True,
+        ):
+            for variant in self._variants(rows):
+                line = rows[rows[VARIANT] == variant].groupby("depth")["act_std"].mean()
+                ax.plot(line.index, line.values, label=variant, **self.style[variant])
+            ax.set_yscale("log")
+            ax.set_title(when, fontsize=9)
+            ax.set_xlabel("depth (0 = stem; last = logits)")
+            ax.grid(alpha=0.3, which="both")
+        axes[0][0].set_ylabel("std of the output on the probe batch")
+        seeds = seeds_text(sites.groupby(VARIANT)["run_id"].nunique())
+        title = f"Signal against depth ({where}, mean of {seeds}; end = last recorded epoch)"
+        self._finish(fig, self._variants(sites), title, chance=False)
+        return fig
+
+
+def _stage_name(stage: int) -> str:
+    return "stem" if stage == 0 else f"stage {stage}"
 
 
 def plot_lr_sensitivity(runs: pd.DataFrame, out: Path) -> list[Path]:
@@ -202,11 +349,12 @@ def plot_lr_sensitivity(runs: pd.DataFrame, out: Path) -> list[Path]:
     written = []
     for (model, size), cell in scores.groupby([MODEL, BATCH_SIZE], sort=True):
         fig, ax = plt.subplots(figsize=(6.0, 4.0))
-        for i, (variant, lines) in enumerate(cell.groupby(VARIANT, sort=True)):
-            lines = lines.sort_values(LR)
-            color = f"C{i % 10}"
-            ax.plot(lines[LR], lines["score"], marker="o", color=color, label=variant)
+        style = styles(variant_order(scores[VARIANT]))
+        for variant in [v for v in style if v in set(cell[VARIANT])]:
+            lines = cell[cell[VARIANT] == variant].sort_values(LR)
+            ax.plot(lines[LR], lines["score"], label=variant, **style[variant])
             diverged = lines[lines["diverged"]]
+            color = style[variant]["color"]
             ax.scatter(diverged[LR], [0] * len(diverged), marker="x", color=color, s=60)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("learning rate (optim.lr)")
@@ -215,5 +363,5 @@ def plot_lr_sensitivity(runs: pd.DataFrame, out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.set_title(f"{model}, batch {size}: lr sensitivity (✕ = diverged)", fontsize=10)
         ax.legend(fontsize=8)
-        written.append(_save(plt, fig, out / f"lr_sensitivity-{model}-bs{size}.png"))
+        written.append(save(plt, fig, out / f"lr_sensitivity-{model}-bs{size}.png"))
     return written

@@ -4,6 +4,9 @@ and training only the normalization parameters. See bnstudy/controls.py for the 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
 
@@ -12,14 +15,32 @@ from bnstudy.loader import GpuLoader
 from bnstudy.norms import AffineLayer
 
 
-def init_batch(split: Split, spec: DatasetSpec, size: int, seed: int, device: torch.device):
-    """A fixed batch of `size` training images (fewer if the split is smaller), chosen by a
-    generator seeded with `seed` alone and normalized like training batches (not augmented)."""
+def init_batch(
+    split: Split, spec: DatasetSpec, size: int, seed: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """A fixed batch of `size` training images (fewer if the split is smaller) and their
+    labels, chosen by a generator seeded with `seed` alone and normalized like training
+    batches (not augmented)."""
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(len(split.labels), generator=generator)[:size]
     images = Split(split.images[chosen], split.labels[chosen])
-    x, _ = next(iter(GpuLoader(images, spec, len(chosen), device, train=False)))
-    return x
+    return next(iter(GpuLoader(images, spec, len(chosen), device, train=False)))
+
+
+@contextmanager
+def state_kept(model: nn.Module) -> Iterator[None]:
+    """Forward passes inside leave the model as they found it: its train/eval mode and every
+    buffer (BatchNorm's running statistics and batch count) are restored on the way out."""
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    training = model.training
+    try:
+        yield
+    finally:
+        model.train(training)
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                if k in buffers:  # a fold inside would have replaced the layer
+                    v.copy_(buffers[k])
 
 
 @torch.no_grad()

@@ -20,7 +20,14 @@ from bnstudy.accel import (
     resolve_fast_paths,
 )
 from bnstudy.data import DATASETS, Split, hold_out, load_dataset
-from bnstudy.init import data_init_affine, fold_norms, freeze_convs, init_batch, lsuv
+from bnstudy.init import (
+    data_init_affine,
+    fold_norms,
+    freeze_convs,
+    init_batch,
+    lsuv,
+    state_kept,
+)
 from bnstudy.loader import GpuLoader
 from bnstudy.models import build_resnet
 from bnstudy.norms import make_norm, norm_parameters
@@ -63,15 +70,12 @@ def start_model(cfg: DictConfig, model: nn.Module, train: Split, device: torch.d
     init batch, and trainer.train_only. Running statistics are left as they were."""
     if cfg.model.init == "lsuv" or cfg.norm.init == "data":
         spec = DATASETS[cfg.dataset.name]
-        x = init_batch(train, spec, cfg.norm.init_batch, cfg.seed, device)
-        buffers = {k: v.clone() for k, v in model.named_buffers()}
-        if cfg.model.init == "lsuv":
-            lsuv(model, x)
-        if cfg.norm.init == "data":
-            data_init_affine(model, x, cfg.norm.eps)
-        with torch.no_grad():
-            for k, v in model.named_buffers():
-                v.copy_(buffers[k])
+        x, _ = init_batch(train, spec, cfg.norm.init_batch, cfg.seed, device)
+        with state_kept(model):
+            if cfg.model.init == "lsuv":
+                lsuv(model, x)
+            if cfg.norm.init == "data":
+                data_init_affine(model, x, cfg.norm.eps)
     if cfg.trainer.train_only == "norm":
         freeze_convs(model)
 

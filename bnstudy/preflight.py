@@ -10,11 +10,13 @@ hydra.run.dir by hand bypasses the resolver; `RunFolderGuard.on_run_start` cover
 from __future__ import annotations
 
 import os
+import shlex
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -22,7 +24,14 @@ from omegaconf import DictConfig, OmegaConf
 from bnstudy import records
 from bnstudy.accel import resolve_precision
 from bnstudy.collect import VARIANT, ResultsError, collect
-from bnstudy.config import SCHEMA_SUFFIX, ConfigError, config_groups, resolve_device, validate
+from bnstudy.config import (
+    CONF_DIR,
+    SCHEMA_SUFFIX,
+    ConfigError,
+    config_groups,
+    resolve_device,
+    validate,
+)
 from bnstudy.controls import DEFAULTS, variant_label
 from bnstudy.data import load_dataset
 from bnstudy.errors import PROG, USER_ERRORS, exit_with
@@ -30,6 +39,15 @@ from bnstudy.optim import OPTIMIZERS
 from bnstudy.parts import build_model
 from bnstudy.records import BATCH_SIZE, DATASET, MODEL, NORM, WIDTH, RunFolder
 from bnstudy.tuning import TuningError, lr_for
+
+
+def load_config(overrides: list[str]) -> DictConfig:
+    """The config `python -m bnstudy.run OVERRIDES` would run (with Hydra's node), checked as
+    a run is: for the commands beside run (bench, inspect)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    check(cfg)
+    return cfg
 
 
 def resolved(cfg: Any) -> dict[str, Any]:
@@ -150,12 +168,26 @@ def _run_path_resolver(*, _root_: DictConfig) -> str:
         return records.run_path(OmegaConf.to_container(job, resolve=True))
 
 
+def check_not_a_grid(config: DictConfig) -> None:
+    """Refuse a single run of a config that defines a grid (experiment=paper): without -m,
+    Hydra would silently train one cell of it."""
+    params = config.hydra.sweeper.get("params") or {}
+    if params:
+        task = list(config.hydra.overrides.task)
+        command = " ".join(["python -m bnstudy.run -m", *map(shlex.quote, task)])
+        asked = next((t for t in task if t.startswith("experiment=")), "this config")
+        raise ConfigError(
+            f"{asked} is a grid over {', '.join(params)}; run it as a sweep: {command}"
+        )
+
+
 class RunFolderGuard(Callback):
     """Before Hydra makes a single run's folder and writes `.hydra/` into it: run the checks,
     and refuse a folder (e.g. a hand-set hydra.run.dir) that holds another config's run."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
+            check_not_a_grid(config)
             check_choices(config.hydra.runtime.choices)
             run_id = records.run_id(check(config))
             RunFolder(Path(str(config.hydra.run.dir))).check_owner(run_id)

@@ -37,14 +37,47 @@ class EpochMetrics:
     epoch_seconds: float
     train_images_per_s: float
 
-    @classmethod
-    def from_csv(cls, row: Mapping[str, str]) -> EpochMetrics:
-        """An epoch as metrics.csv holds it (strings) back as numbers."""
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            text = row[f.name]
-            values[f.name] = int(text) if f.type == "int" else (float(text) if text else None)
-        return cls(**values)
+
+SMALL_GAMMA = 0.01  # |γ| below this: a channel its layer has all but switched off
+# The kinds of layers.csv rows that carry a signal: the stem, the residual blocks and the
+# classifier's output (the logits); the other kind, norm, carries γ and β.
+SIGNAL_KINDS = ("stem", "block", "logits")
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """One row of layers.csv: a norm layer's γ and β, or a site's signal and gradient, after
+    `epoch` (0: at init). Columns that do not apply to the row's kind are None."""
+
+    epoch: int
+    layer: str  # module path: stem, stages.2.0, stages.2.0.norm1, fc
+    kind: str  # norm, stem, block or logits
+    stage: int  # 0 the stem, 1..4 the stages, 5 the classifier
+    depth: int  # 0 the stem, 1..N the residual blocks in network order, N+1 the classifier
+    channels: int  # of the norm layer, or of the site's output
+    gamma_mean: float | None = None
+    gamma_std: float | None = None
+    gamma_min: float | None = None
+    gamma_max: float | None = None
+    gamma_small: float | None = None  # fraction of channels with |γ| < SMALL_GAMMA
+    beta_mean: float | None = None
+    beta_std: float | None = None
+    act_mean: float | None = None  # of the site's output on the probe batch
+    act_std: float | None = None
+    grad_norm: float | None = None  # L2 norm of the site's weight gradients, all together
+
+
+def from_csv(cls: type, row: Mapping[str, str]) -> Any:
+    """A record (EpochMetrics, LayerStats) as a CSV row holds it (strings) back as values:
+    int and str fields as such, the others as floats, empty as None."""
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        text = row[f.name]
+        if f.type in ("int", "str"):
+            values[f.name] = int(text) if f.type == "int" else text
+        else:
+            values[f.name] = float(text) if text else None
+    return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -86,6 +119,8 @@ NON_IDENTITY_KEYS = (
     "dataset.download",
     "trainer.progress",
     "trainer.log_every",
+    "trainer.diagnostics",  # records more, computes the same
+    "trainer.tensorboard",
     # Speed only: the same numbers up to floating-point rounding.
     "trainer.channels_last",
     "trainer.compile",
@@ -97,10 +132,12 @@ DATASET, MODEL, WIDTH, NORM = "dataset.name", "model.name", "model.width", "norm
 BATCH_SIZE, SEED = "batch_size", "seed"
 
 EPOCH_COLUMNS = tuple(f.name for f in fields(EpochMetrics))
+LAYER_COLUMNS = tuple(f.name for f in fields(LayerStats))
 SUMMARY_COLUMNS = tuple(f.name for f in fields(Summary))
 FINISHED = ("completed", "diverged")  # a rerun of these is a no-op
 
 METRICS_FILE = "metrics.csv"
+LAYERS_FILE = "layers.csv"
 SUMMARY_FILE = "summary.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
 MODEL_FILE = "model.pt"
@@ -181,6 +218,10 @@ class RunFolder:
         return self.path / METRICS_FILE
 
     @property
+    def layers_path(self) -> Path:
+        return self.path / LAYERS_FILE
+
+    @property
     def checkpoint_path(self) -> Path:
         return self.path / CHECKPOINT_FILE
 
@@ -194,17 +235,31 @@ class RunFolder:
 
     def read_metrics(self) -> list[EpochMetrics]:
         """The epochs on disk; a damaged file is a RecordsError naming it."""
+        return self._read(self.metrics_path, EpochMetrics)
+
+    def write_metrics(self, ident: Mapping[str, Any], epochs: list[EpochMetrics]) -> None:
+        self._write(self.metrics_path, ident, EPOCH_COLUMNS, epochs)
+
+    def read_layers(self) -> list[LayerStats]:
+        """The per-layer diagnostics on disk (layers.csv); a damaged file is a RecordsError."""
+        return self._read(self.layers_path, LayerStats)
+
+    def write_layers(self, ident: Mapping[str, Any], rows: list[LayerStats]) -> None:
+        self._write(self.layers_path, ident, LAYER_COLUMNS, rows)
+
+    def _read(self, path: Path, record: type) -> list[Any]:
         try:
-            return [EpochMetrics.from_csv(row) for row in read_csv(self.metrics_path)]
+            return [from_csv(record, row) for row in read_csv(path)]
         except (KeyError, ValueError, TypeError) as e:
             raise RecordsError(
-                f"{self.metrics_path}: damaged ({type(e).__name__}: {e}); move the run folder "
+                f"{path}: damaged ({type(e).__name__}: {e}); move the run folder "
                 "away to train this config again"
             ) from None
 
-    def write_metrics(self, ident: Mapping[str, Any], epochs: list[EpochMetrics]) -> None:
-        columns = (*ident, *EPOCH_COLUMNS)
-        write_csv(self.metrics_path, columns, [{**ident, **asdict(m)} for m in epochs])
+    @staticmethod
+    def _write(path: Path, ident: Mapping[str, Any], columns: tuple, items: list) -> None:
+        """Rows of `items` (records), each headed by the run's identity."""
+        write_csv(path, (*ident, *columns), [{**ident, **asdict(item)} for item in items])
 
     def check_owner(self, expected_run_id: str) -> None:
         """Refuse to touch a folder that holds another config's run."""

@@ -1,8 +1,9 @@
 """From a folder of runs to the paper's tables and figures: `python -m bnstudy.results DIR`.
 
-Collects every run's summary.csv and metrics.csv below DIR (bnstudy/collect.py) into two tidy
-tables (runs.csv and epochs.csv at DIR's root), prints the tables (bnstudy/tables.py) and with
---plot writes PNG figures (bnstudy/figures.py). Reads records without importing torch.
+Collects every run's summary.csv, metrics.csv and layers.csv below DIR (bnstudy/collect.py)
+into tidy tables (runs.csv, epochs.csv and layers.csv at DIR's root), prints the tables
+(bnstudy/tables.py) and with --plot writes PNG figures (bnstudy/figures.py). Reads records
+without importing torch (figures import it for the datasets' class counts).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from bnstudy.collect import ResultsError, asked_but_missing, collect
+from bnstudy.collect import ResultsError, asked_but_missing, collect, collect_layers
 from bnstudy.figures import plot, plot_lr_sensitivity
 from bnstudy.files import RecordsError, write_atomic
+from bnstudy.records import LAYERS_FILE, SUMMARY_FILE
 from bnstudy.tables import FORMATS, render, report
 from bnstudy.tuning import tuned_cells, tuned_table
 
@@ -41,8 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         runs, epochs = collect(args.dir)
+        layers = collect_layers(args.dir, runs)
         write_atomic(args.dir / RUNS_FILE, runs.to_csv(index=False).encode())
         write_atomic(args.dir / EPOCHS_FILE, epochs.to_csv(index=False).encode())
+        # In a run's own folder its layers.csv is the record, and stays as it is.
+        gathered = not (args.dir / SUMMARY_FILE).is_file() and not layers.empty
+        if gathered:
+            write_atomic(args.dir / LAYERS_FILE, layers.to_csv(index=False).encode())
     except (ResultsError, RecordsError) as e:
         print(f"bnstudy.results: error: {e}", file=sys.stderr)
         return 2
@@ -51,9 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     # Tables also show the runs a sweep asked for that have not started: a half-done grid.
     print(report(pd.concat([runs, asked_but_missing(args.dir, runs)]), args.format))
     if args.format in ("text", "markdown"):
-        print(f"tidy tables: {args.dir / RUNS_FILE}, {args.dir / EPOCHS_FILE}")
+        tidy = [RUNS_FILE, EPOCHS_FILE, *([LAYERS_FILE] if gathered else [])]
+        print(f"tidy tables: {', '.join(str(args.dir / name) for name in tidy)}")
     if args.plot:
-        for path in plot(runs, epochs, args.dir):
+        for path in plot(runs, epochs, args.dir, layers):
             print(f"figure: {path}")
     return 0
 

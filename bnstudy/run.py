@@ -12,7 +12,7 @@ import platform
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,25 +21,28 @@ from typing import Any
 import hydra
 import torch
 import torchvision
+from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from bnstudy import preflight, records
-from bnstudy.config import CONF_DIR, resolve_device
+from bnstudy.config import CONF_DIR, ConfigError, resolve_device
 from bnstudy.data import DatasetError
 from bnstudy.errors import PROG, USER_ERRORS, as_out_of_memory, exit_with, first_line, one_line
 from bnstudy.gpus import claim_gpu
 from bnstudy.norms import count_norm_parameters
+from bnstudy.observers import Observers
 from bnstudy.parts import build_parts, checkpoint_state, fold, restore
 from bnstudy.records import FINISHED, EpochMetrics, RecordsError, RunFolder, Summary
+from bnstudy.stopping import EXIT_INTERRUPTED, Stop, owner_pid, stops_within_seconds
 from bnstudy.sweep import record_job, record_start
 from bnstudy.train import Diverged, fit
 
 log = logging.getLogger("bnstudy")
 
 EXIT_LOCKED = 3  # another process is training this run right now
-EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+STOPPED_STUCK = "stopped while stuck in a native kernel (Ctrl-C, SIGTERM or its sweep ended)"
 
 
 def _now() -> str:
@@ -88,8 +91,11 @@ def execute(cfg: DictConfig, run_dir: Path) -> Outcome:
             log.info("already %s: %s (nothing to do)", previous["status"], run_dir)
             folder.drop_checkpoint()  # left by a kill after the summary said finished
             return Outcome(previous["status"], skipped=True, error=previous["error"])
-        with _training_device(cfg.device.name) as device:
-            return _train(cfg, ident, folder, previous, device)
+        with (
+            _training_device(cfg.device.name) as device,
+            stops_within_seconds(owner_pid()) as stop,
+        ):
+            return _train(cfg, ident, folder, previous, device, stop)
 
 
 @contextmanager
@@ -112,6 +118,7 @@ def _train(
     folder: RunFolder,
     previous: dict[str, str] | None,
     device: torch.device,
+    stop: Stop,
 ) -> Outcome:
     # Until the checkpoint says which epochs stand, the epochs on disk are the run's progress.
     epochs = folder.read_metrics()
@@ -141,6 +148,8 @@ def _train(
         folder.write_summary(ident, summary)
 
     record("running")  # from here on, every way out of this run leaves a status
+    # Stopped while stuck in native code, the process ends from a watchdog thread.
+    stop.on_stuck = lambda: _record_end(record, "interrupted", STOPPED_STUCK)
     try:
         with _out_of_memory_named(cfg):
             parts = build_parts(cfg, device)
@@ -158,11 +167,14 @@ def _train(
             log.info("resuming %s from epoch %d", folder.path, start_epoch)
         # Epochs written after the checkpoint will be trained again.
         epochs = [m for m in epochs if m.epoch < start_epoch]
+        with _out_of_memory_named(cfg):
+            observers = Observers(cfg, parts, folder, ident, start_epoch)
 
         def on_epoch_end(m: EpochMetrics) -> None:
             epochs.append(m)
-            # Metrics before checkpoint: a crash in between only repeats this epoch on resume.
+            # Records before checkpoint: a crash in between only repeats this epoch on resume.
             folder.write_metrics(ident, epochs)
+            observers.epoch_end(m)  # γ and β as the epoch left them, before any fold
             if m.epoch == cfg.norm.freeze_after:
                 fold(parts, cfg.optim.norm_weight_decay)
                 log.info("epoch %d: normalization folded into AffineLayers", m.epoch)
@@ -179,7 +191,7 @@ def _train(
             f"{summary.n_norm_params:,}",
             folder.path,
         )
-        with _out_of_memory_named(cfg):
+        with _out_of_memory_named(cfg), closing(observers):
             fit(
                 parts.train_model,
                 parts.train_loader,
@@ -205,7 +217,7 @@ def _train(
         folder.drop_checkpoint()
         return Outcome("diverged", error=str(e))
     except KeyboardInterrupt:
-        _record_end(record, "interrupted", "interrupted by the user (Ctrl-C)")
+        _record_end(record, "interrupted", "interrupted (Ctrl-C or SIGTERM)")
         raise
     except BaseException as e:
         _record_end(record, "failed", one_line(e) if isinstance(e, USER_ERRORS) else first_line(e))
@@ -282,7 +294,27 @@ def main(cfg: DictConfig) -> str:
     return outcome.status
 
 
+def _check_modes(argv: list[str]) -> None:
+    """Hydra's modes (-m, --cfg, --info, --shell-completion, --run) go one at a time; Hydra
+    itself says so with a traceback."""
+    args, _ = get_args_parser().parse_known_args(argv)
+    modes = {
+        "-m": args.multirun,
+        "--cfg": args.cfg is not None,
+        "--info": args.info is not None,
+        "--shell-completion": args.shell_completion,
+        "--run": args.run,
+    }
+    given = [flag for flag, on in modes.items() if on]
+    if len(given) > 1:
+        hint = ""
+        if "--cfg" in given and "-m" in given:
+            hint = "; without -m, --cfg job shows one cell's config (give its values)"
+        exit_with(PROG, ConfigError(f"{' and '.join(given)} cannot go together{hint}"))
+
+
 def cli() -> None:
+    _check_modes(sys.argv[1:])
     # Hydra prints composition errors over several lines and task errors with a traceback;
     # letting them through (HYDRA_FULL_ERROR) lets us print a user's mistake as one line.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")

@@ -26,17 +26,24 @@ from bnstudy import records
 from bnstudy.errors import PROG, USER_ERRORS, exit_with
 from bnstudy.ledger import GRID_SUFFIX, LEDGER_DIR, LEDGER_ENV, append, outcomes, read_ledger
 from bnstudy.preflight import check, resolved
+from bnstudy.stopping import OWNER_ENV
+
+
+def combinations(params: dict[str, Any], overrides: list[str]) -> list[list[str]]:
+    """Every override combination of a multirun, as Hydra's basic sweeper makes them: the
+    sweeper's `params` (an experiment's grid) and the command line's `overrides`."""
+    texts = [f"{k}={v}" for k, v in params.items()] + list(overrides)
+    parsed = OverridesParser.create().parse_overrides(texts)
+    [combos] = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    return combos
 
 
 def asked_grid(config: DictConfig) -> list[dict[str, Any]]:
     """The identity of every run a multirun was asked for, each composed by Hydra itself from
     its override combination (so a group's defaults, e.g. optim=adam's lr, are the real ones)."""
     params = config.hydra.sweeper.get("params") or {}
-    texts = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
-    overrides = OverridesParser.create().parse_overrides(texts)
-    [combinations] = BasicSweeper.split_arguments(overrides, max_batch_size=None)
     grid = []
-    for combination in combinations:
+    for combination in combinations(params, config.hydra.overrides.task):
         try:
             job = compose(config.hydra.job.config_name, overrides=combination)
             grid.append(records.identity(resolved(job)))
@@ -92,8 +99,11 @@ class SweepReport(Callback):
         ledger = folder / f"{stem}.jsonl"
         ledger.touch()
         os.environ[LEDGER_ENV] = str(ledger)
+        # Jobs in processes of their own (joblib, submitit_local) stop when this one ends.
+        os.environ[OWNER_ENV] = str(os.getpid())
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        os.environ.pop(OWNER_ENV, None)
         ledger = os.environ.pop(LEDGER_ENV, None)
         if ledger is None:
             return

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import pandas as pd
 
 from bnstudy.collect import MISSING, VARIANT, identity_columns
-from bnstudy.controls import DEFAULTS
+from bnstudy.controls import DEFAULTS, variant_order
 from bnstudy.records import BATCH_SIZE, DATASET, MODEL, NORM, SEED, WIDTH
 from bnstudy.stats import mean_ci_text
 
@@ -61,7 +61,7 @@ def _seeds(group: pd.DataFrame) -> list[int]:
 
 def accuracy_table(group: pd.DataFrame, column: str) -> pd.DataFrame:
     """Rows: variants; columns: batch sizes; cells: mean ± 95% CI (n) over completed seeds."""
-    norms, sizes = sorted(group[VARIANT].unique()), sorted(group[BATCH_SIZE].unique())
+    norms, sizes = variant_order(group[VARIANT]), sorted(group[BATCH_SIZE].unique())
     table = pd.DataFrame(index=pd.Index(norms, name="variant"), columns=sizes, dtype=object)
     for norm in norms:
         for size in sizes:
@@ -85,7 +85,7 @@ def _accuracy_cell(cell: pd.DataFrame, column: str) -> str:
 
 def status_table(group: pd.DataFrame) -> pd.DataFrame:
     """Rows: variants; columns: batch sizes; cells: how many runs are in which state."""
-    norms, sizes = sorted(group[VARIANT].unique()), sorted(group[BATCH_SIZE].unique())
+    norms, sizes = variant_order(group[VARIANT]), sorted(group[BATCH_SIZE].unique())
     seeds = _seeds(group)
     table = pd.DataFrame(index=pd.Index(norms, name="variant"), columns=sizes, dtype=object)
     for norm in norms:

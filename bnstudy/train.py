@@ -32,7 +32,7 @@ def train_step(
 ) -> tuple[Tensor, Tensor]:
     """One optimizer step on (x, y); returns the loss and the count of correct predictions,
     both still on the device. With `clip_grad_norm` the gradients' total norm is clipped."""
-    with _autocast(x.device.type, autocast_dtype):
+    with autocast(x.device.type, autocast_dtype):
         logits = model(x)
         loss = nn.functional.cross_entropy(logits, y)
     optimizer.zero_grad(set_to_none=True)
@@ -42,8 +42,9 @@ def train_step(
         optimizer.step()
     else:
         scaler.scale(loss).backward()
-        if clip_grad_norm is not None:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        # The step would unscale anyway; doing it here leaves the true gradients for clipping
+        # and for the diagnostics (layers.csv), which read them after the epoch's last step.
+        scaler.unscale_(optimizer)
         _clip(optimizer, clip_grad_norm)
         scaler.step(optimizer)
         scaler.update()
@@ -103,7 +104,7 @@ def evaluate(
     correct = torch.zeros((), dtype=torch.long, device=loss_sum.device)
     seen = 0
     for x, y in loader:
-        with _autocast(x.device.type, autocast_dtype):
+        with autocast(x.device.type, autocast_dtype):
             logits = model(x)
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
@@ -168,7 +169,7 @@ def fit(
     return history
 
 
-def _autocast(device_type: str, dtype: torch.dtype | None) -> torch.autocast:
+def autocast(device_type: str, dtype: torch.dtype | None) -> torch.autocast:
     """Mixed precision in `dtype`, or plain fp32 when dtype is None."""
     return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
 

@@ -14,12 +14,11 @@ from collections.abc import Iterable
 import pandas as pd
 
 from bnstudy.collect import VARIANT, identity_columns
-from bnstudy.controls import DEFAULTS
+from bnstudy.controls import BASELINE, DEFAULTS, variant_order
 from bnstudy.records import BATCH_SIZE, DATASET, MODEL, NORM, SEED, WIDTH
 from bnstudy.stats import ci_text, mean_ci
 
 LR = "optim.lr"
-BASELINE = "batchnorm"  # the variant every other is compared with
 VARIANT_KEYS = (VARIANT, NORM, *DEFAULTS)  # what tells the variants of one cell apart
 # paper_tuned takes the lr of the search cell equal in these (and the variant).
 LOOKUP_KEYS = (DATASET, MODEL, WIDTH, BATCH_SIZE)
@@ -140,7 +139,7 @@ def tuned_cells(table: pd.DataFrame) -> Iterable[tuple[str, pd.DataFrame]]:
             },
             index=pd.Index(group[VARIANT], name="variant"),
         )
-        yield title, shown.sort_index(key=lambda i: i != BASELINE, kind="stable")
+        yield title, shown.reindex(variant_order(shown.index))
 
 
 def _identity(table: pd.DataFrame) -> set[str]:

@@ -54,6 +54,16 @@ def assert_one_line_error(result: subprocess.CompletedProcess, message: str) -> 
         (["dataset.root=/nonexistent"], "Fashion-MNIST files missing in /nonexistent"),
         (["batch_size=1000"], "batch_size=1000 exceeds the 192 training images"),
         (["data.val_size=256"], "data.val_size=256 leaves none of the 256 training images"),
+        (
+            ["--cfg", "job", "-m", "norm=batchnorm,none"],
+            "-m and --cfg cannot go together; without -m, --cfg job shows one cell's config",
+        ),
+        (["--info", "-m"], "-m and --info cannot go together"),
+        (
+            ["experiment=quickstart"],
+            "experiment=quickstart is a grid over norm, batch_size; run it as a sweep: "
+            "python -m bnstudy.run -m debug=fast experiment=quickstart paths.output_root=",
+        ),
     ],
 )
 def test_bad_config_gives_one_line_and_writes_nothing(tmp_path, args, message):

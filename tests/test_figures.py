@@ -1,0 +1,88 @@
+"""Figures say what they show: seeds in the titles, spread only with several seeds, a look of
+its own per variant (baseline first), the tables' rounding and the chance level."""
+
+from __future__ import annotations
+
+import pytest
+from matplotlib.collections import PolyCollection
+
+from bnstudy import figures
+from bnstudy.collect import collect
+from bnstudy.tables import _settings, accuracy_table
+from tests.conftest import write_run
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures `figures.plot` makes, by file name prefix, kept open for inspection."""
+    made = {}
+
+    def keep(plt, fig, path):
+        made[path.name.split("-")[0]] = fig
+        return path
+
+    monkeypatch.setattr(figures, "save", keep)
+    return made
+
+
+def _one_seed_grid(root):
+    for bs in (32, 128):
+        write_run(root, "batchnorm", bs, 0, [70.0, 79.55])
+        # Two variants with identical curves: both must stay visible.
+        write_run(root, "affine", bs, 0, [50.0, 60.0])
+        write_run(root, "none", bs, 0, [50.0, 60.0])
+
+
+def test_one_seed_figures_claim_no_spread_and_keep_every_variant_visible(tmp_path, drawn):
+    _one_seed_grid(tmp_path)
+    runs, epochs = collect(tmp_path)
+    figures.plot(runs, epochs, tmp_path)
+    assert set(drawn) == {"curves", "final_vs_batch_size", "heatmap"}
+
+    curves = drawn["curves"]
+    title = curves._suptitle.get_text()
+    assert "mean of 1 seed)" in title and "band" not in title and "std" not in title
+    ax = curves.axes[0]
+    assert not [c for c in ax.collections if isinstance(c, PolyCollection)]  # no band
+    lines = {line.get_label(): line for line in ax.get_lines() if line.get_label()[0] != "_"}
+    looks = {(ln.get_marker(), ln.get_linestyle(), ln.get_color()) for ln in lines.values()}
+    assert len(looks) == len(lines) == 3
+    chance = [ln for ln in ax.get_lines() if list(ln.get_ydata()) == [10.0, 10.0]]
+    assert chance, "a chance line at 100/10 classes"
+    legend = [t.get_text() for t in curves.legends[0].get_texts()]
+    assert legend == ["batchnorm", "affine", "none", "chance level"]  # baseline first
+
+    final = drawn["final_vs_batch_size"]
+    assert "±" not in final._suptitle.get_text() and "1 seed" in final._suptitle.get_text()
+    assert not final.axes[0].containers  # no error bars
+    assert sorted(final.axes[0].get_xticks()) == [32, 128]  # the batch axis has two points
+
+    heatmap = drawn["heatmap"]
+    texts = [t.get_text() for t in heatmap.axes[0].texts]
+    assert "79.55\n(n=1)" in texts  # as the table rounds it, not 79.5
+    [(_, group)] = list(_settings(runs))
+    table = accuracy_table(group, "final_test_acc")
+    assert table.loc["batchnorm", "bs 32"] == "79.55 (1 seed)"
+    assert list(table.index) == ["batchnorm", "affine", "none"]
+    assert [t.get_text() for t in heatmap.axes[0].get_yticklabels()] == list(table.index)
+
+
+def test_several_seeds_show_their_count_and_spread(tmp_path, drawn):
+    for seed, acc in enumerate([70.0, 72.0, 74.0]):
+        for bs in (32, 128):
+            write_run(tmp_path, "batchnorm", bs, seed, [acc - 5, acc])
+            write_run(tmp_path, "none", bs, seed, [acc - 20, acc - 10])
+    runs, epochs = collect(tmp_path)
+    figures.plot(runs, epochs, tmp_path)
+    curves = drawn["curves"]._suptitle.get_text()
+    assert "mean of 3 seeds, band: min..max over seeds" in curves
+    assert [c for c in drawn["curves"].axes[0].collections if isinstance(c, PolyCollection)]
+    final = drawn["final_vs_batch_size"]
+    assert "mean ± 95% CI of 3 seeds" in final._suptitle.get_text()
+    assert final.axes[0].containers  # error bars
+
+
+def test_seed_counts_that_differ_are_said_as_a_range():
+    assert figures.seeds_text([1, 3, 3]) == "1-3 seeds per point"
+    assert figures.seeds_text([2, 2]) == "2 seeds"
+    assert figures.seeds_text([1]) == "1 seed"
