@@ -35,8 +35,8 @@ from bnstudy.diagnostics import layer_stats, probe_of
 from bnstudy.errors import first_line, one_line
 from bnstudy.norms import NORMS
 from bnstudy.parts import build_model, build_optimizer, build_parts
-from bnstudy.preflight import load_config
-from bnstudy.records import write_csv
+from bnstudy.preflight import load_config, resolved
+from bnstudy.records import RunFolder, identity, write_csv
 from bnstudy.stopping import EXIT_INTERRUPTED, GRACE_SECONDS, stops_within_seconds
 from bnstudy.train import train_step
 
@@ -87,9 +87,16 @@ def measure_bnstudy(cfg: DictConfig, warmup: int, steps: int) -> dict[str, Any]:
 
     seconds = _timed(step, device, warmup, steps)
     # What trainer.diagnostics adds to each epoch: one layers.csv record, on the gradients
-    # the last step left, as the run computes it.
+    # the last step left, computed and appended to the file as a run does.
     probe, _ = probe_of(parts, cfg)
-    record_seconds = _timed(lambda: layer_stats(parts.model, probe, epoch=1), device, 1, 3)
+    ident = identity(resolved(cfg))
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = RunFolder(Path(scratch))
+
+        def record() -> None:
+            folder.append_layers(ident, layer_stats(parts.model, probe, epoch=1))
+
+        record_seconds = _timed(record, device, 1, 3)
     epoch_seconds = seconds * len(parts.train_loader)
     return {
         "path": "bnstudy",

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from bnstudy.controls import variant_label
+from bnstudy.files import complete_lines
 from bnstudy.ledger import GRID_SUFFIX, LEDGER_DIR, read_ledger
 from bnstudy.records import (
     BATCH_SIZE,
@@ -92,6 +93,7 @@ def _concat_csvs(
         except (OSError, UnicodeDecodeError) as e:
             warn(f"{path}: cannot be read ({type(e).__name__}); left out")
             continue
+        text = complete_lines(text)  # a live run may be appending to its layers.csv
         problem = _problem(text, required, one_row)
         if problem is not None:
             warn(f"{path}: {problem}; left out")

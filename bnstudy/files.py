@@ -43,22 +43,56 @@ def write_atomic(path: Path, data: bytes) -> None:
 def write_csv(path: Path, columns: tuple[str, ...], rows: list[Mapping[str, Any]]) -> None:
     """Write `rows` under `columns`; a row with a column too many or too few is an error
     (a typo must not vanish into a blank cell)."""
+    write_atomic(path, _csv_text(path, columns, rows, header=True).encode())
+
+
+def append_csv(path: Path, columns: tuple[str, ...], rows: list[Mapping[str, Any]]) -> None:
+    """Add `rows` at the end of the CSV `path`, whose header is `columns` (written whole when
+    the file is missing). One write of whole lines, so a crash leaves the old rows and at
+    most a partial last line, which `read_csv` leaves out: the cost of a record stays the
+    size of the new rows, not of the file."""
+    if not path.is_file():
+        write_csv(path, columns, rows)
+        return
+    text = _csv_text(path, columns, rows, header=False)
+    try:
+        with open(path, "a", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise RecordsError(
+            f"cannot write {path}: {e.strerror or e}; free some space or make the folder "
+            "writable, or choose another paths.output_root"
+        ) from e
+
+
+def _csv_text(
+    path: Path, columns: tuple[str, ...], rows: list[Mapping[str, Any]], header: bool
+) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
+    if header:
+        writer.writeheader()
     for row in rows:
         if set(row) != set(columns):
             unknown, missing = sorted(set(row) - set(columns)), sorted(set(columns) - set(row))
             raise ValueError(f"{path.name}: unknown fields {unknown}, missing fields {missing}")
         writer.writerow({c: _cell(row[c]) for c in columns})
-    write_atomic(path, buffer.getvalue().encode())
+    return buffer.getvalue()
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         return []
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        return list(csv.DictReader(io.StringIO(complete_lines(f.read()))))
+
+
+def complete_lines(text: str) -> str:
+    """`text` without a last line that has no newline: what an append cut short by a crash
+    leaves (files written whole always end with one)."""
+    return text if text.endswith("\n") else text[: text.rfind("\n") + 1]
 
 
 def _cell(value: Any) -> Any:

@@ -32,14 +32,13 @@ class Observers:
     ) -> None:
         self.model, self.folder, self.ident = parts.model, folder, ident
         self.probe = None
-        self.layers = []
         if cfg.trainer.diagnostics:
             self.probe, _ = probe_of(parts, cfg)
             if start_epoch == 1:
-                self.layers = layer_stats(self.model, self.probe, epoch=0)
-            else:
-                self.layers = [r for r in folder.read_layers() if r.epoch < start_epoch]
-            folder.write_layers(ident, self.layers)
+                layers = layer_stats(self.model, self.probe, epoch=0)
+            else:  # rows written after the checkpoint are computed again
+                layers = [r for r in folder.read_layers() if r.epoch < start_epoch]
+            folder.write_layers(ident, layers)
         self.board = None
         if cfg.trainer.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -48,8 +47,7 @@ class Observers:
 
     def epoch_end(self, m: EpochMetrics) -> None:
         if self.probe is not None:
-            self.layers += layer_stats(self.model, self.probe, m.epoch)
-            self.folder.write_layers(self.ident, self.layers)
+            self.folder.append_layers(self.ident, layer_stats(self.model, self.probe, m.epoch))
         if self.board is not None:
             for name, value in asdict(m).items():
                 if name != "epoch" and value is not None:

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 # Re-exported: the run folder's file helpers are part of the records' interface.
-from bnstudy.files import RecordsError, held, read_csv, write_atomic, write_csv  # noqa: F401
+from bnstudy.files import (  # noqa: F401
+    RecordsError,
+    append_csv,
+    held,
+    read_csv,
+    write_atomic,
+    write_csv,
+)
 
 
 @dataclass(frozen=True)
@@ -246,6 +253,12 @@ class RunFolder:
 
     def write_layers(self, ident: Mapping[str, Any], rows: list[LayerStats]) -> None:
         self._write(self.layers_path, ident, LAYER_COLUMNS, rows)
+
+    def append_layers(self, ident: Mapping[str, Any], rows: list[LayerStats]) -> None:
+        """One epoch's rows at the end of layers.csv: a deep model's file grows by thousands
+        of rows over a run, and rewriting it every epoch would cost more than the epoch."""
+        columns = (*ident, *LAYER_COLUMNS)
+        append_csv(self.layers_path, columns, [{**ident, **asdict(r)} for r in rows])
 
     def _read(self, path: Path, record: type) -> list[Any]:
         try:

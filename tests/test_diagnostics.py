@@ -134,13 +134,17 @@ def test_a_runs_layers_csv_holds_init_and_every_epoch_as_its_model_computes(tmp_
     assert (folder / "layers.csv").read_bytes() == before
 
 
-def test_an_interrupted_run_resumes_to_the_same_layers_csv(tmp_path, monkeypatch):
+def test_an_interrupted_or_torn_run_resumes_to_the_same_layers_csv(tmp_path, monkeypatch):
     cfg = make_config(*TINY, "trainer.epochs=3")
     run_module.execute(cfg, tmp_path / "straight")
     interrupt_after_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         run_module.execute(cfg, tmp_path / "resumed")
     monkeypatch.undo()
+    # A crash while appending epoch 3's rows leaves part of a line (rows are appended).
+    with open(tmp_path / "resumed" / "layers.csv", "a") as f:
+        f.write("3e1a9b0c,fashion_mnist,resnet18,8,batchn")
+    assert len(RunFolder(tmp_path / "resumed").read_layers()) > 0  # the torn line left out
     run_module.execute(cfg, tmp_path / "resumed")
     straight = (tmp_path / "straight" / "layers.csv").read_text()
     assert (tmp_path / "resumed" / "layers.csv").read_text() == straight
