@@ -62,6 +62,8 @@ def one_line(error: BaseException) -> str:
             text = f"{text} {first}"
         if key and key not in text:
             text = f"{text} (key: {key})"
+    if text.startswith("Ambiguous value for argument"):  # Hydra's advice is on later lines
+        text += "; to run each of its values, add -m"
     # Hydra lists the group's schemas (optim/sgd_schema) too; they are not choices.
     options = [o for o in getattr(error, "options", None) or [] if not o.endswith("_schema")]
     if options:

@@ -294,10 +294,19 @@ def main(cfg: DictConfig) -> str:
     return outcome.status
 
 
-def _check_modes(argv: list[str]) -> None:
-    """Hydra's modes (-m, --cfg, --info, --shell-completion, --run) go one at a time; Hydra
-    itself says so with a traceback."""
-    args, _ = get_args_parser().parse_known_args(argv)
+def _check_usage(argv: list[str]) -> None:
+    """The command line as Hydra's own parser reads it, with its mistakes in our one line:
+    argparse prints a usage block first, and Hydra says "one mode at a time" (-m, --cfg,
+    --info, --shell-completion, --run) with a traceback."""
+
+    def error(message: str) -> None:
+        if message.startswith("unrecognized arguments") and "=" in message:
+            message += "; give the flags (-m, --cfg, --info) before every key=value override"
+        exit_with(PROG, ConfigError(f"{message}; see --help"))
+
+    parser = get_args_parser()
+    parser.error = error
+    args = parser.parse_args(argv)
     modes = {
         "-m": args.multirun,
         "--cfg": args.cfg is not None,
@@ -314,7 +323,7 @@ def _check_modes(argv: list[str]) -> None:
 
 
 def cli() -> None:
-    _check_modes(sys.argv[1:])
+    _check_usage(sys.argv[1:])
     # Hydra prints composition errors over several lines and task errors with a traceback;
     # letting them through (HYDRA_FULL_ERROR) lets us print a user's mistake as one line.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")

@@ -74,12 +74,15 @@ def tiny_cifar(tmp_path: Path) -> Path:
     return folder.parent
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """`python -m bnstudy.run ARGS` in a fresh process, as a user types it."""
+def run_cli(
+    *args: str, cwd: Path | None = None, module: str = "bnstudy.run"
+) -> subprocess.CompletedProcess[str]:
+    """`python -m bnstudy.run ARGS` (or another of bnstudy's commands) in a fresh process, as a
+    user types it."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
-        [sys.executable, "-m", "bnstudy.run", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd or REPO,
         env=env,
         capture_output=True,

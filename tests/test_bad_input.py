@@ -54,11 +54,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, message: str) -> 
         (["dataset.root=/nonexistent"], "Fashion-MNIST files missing in /nonexistent"),
         (["batch_size=1000"], "batch_size=1000 exceeds the 192 training images"),
         (["data.val_size=256"], "data.val_size=256 leaves none of the 256 training images"),
-        (
-            ["--cfg", "job", "-m", "norm=batchnorm,none"],
-            "-m and --cfg cannot go together; without -m, --cfg job shows one cell's config",
-        ),
-        (["--info", "-m"], "-m and --info cannot go together"),
+        (["norm=batchnorm,none"], "Ambiguous value for argument 'norm=batchnorm,none'; to run"),
         (
             ["experiment=quickstart"],
             "experiment=quickstart is a grid over norm, batch_size; run it as a sweep: "
@@ -70,6 +66,32 @@ def test_bad_config_gives_one_line_and_writes_nothing(tmp_path, args, message):
     root = tmp_path / "out"
     assert_one_line_error(run_cli(*TINY, *args, f"paths.output_root={root}"), message)
     assert not root.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--cfg", "job", "-m"],
+            "-m and --cfg cannot go together; without -m, --cfg job shows one cell's config",
+        ),
+        (["--info", "-m"], "-m and --info cannot go together"),
+        (["--cfg", "foo"], "argument --cfg/-c: invalid choice: 'foo'"),
+        (["--frobnicate"], "unrecognized arguments: --frobnicate; see --help"),
+    ],
+)
+def test_hydra_usage_mistakes_give_our_one_line(tmp_path, flags, message):
+    root = tmp_path / "out"
+    result = run_cli(*flags, *TINY, "norm=batchnorm,none", f"paths.output_root={root}")
+    assert_one_line_error(result, message)
+    assert not root.exists()
+
+
+def test_flags_after_the_overrides_are_explained(tmp_path):
+    result = run_cli(*TINY, "--cfg", "job", f"paths.output_root={tmp_path}")
+    assert_one_line_error(
+        result, "give the flags (-m, --cfg, --info) before every key=value override"
+    )
 
 
 def test_a_sweep_with_a_bad_value_writes_nothing(tmp_path):

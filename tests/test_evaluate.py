@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bnstudy.records import RunFolder
-from tests.conftest import REPO, TINY, run_cli
+from tests.conftest import TINY, run_cli
 
 
-def evaluate_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bnstudy.evaluate", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def evaluate_cli(*args: str):
+    return run_cli(*args, module="bnstudy.evaluate")
 
 
 def _one_run(root: Path, *overrides: str) -> Path:

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, TINY
+from tests.conftest import TINY, run_cli
 
 
-def inspect_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bnstudy.inspect", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def inspect_cli(*args: str):
+    return run_cli(*args, module="bnstudy.inspect")
 
 
 @pytest.mark.slow

@@ -1,6 +1,4 @@
 import shutil
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -9,7 +7,7 @@ from scipy import stats
 from bnstudy.collect import REQUIRED, collect
 from bnstudy.records import SUMMARY_COLUMNS, RunFolder
 from bnstudy.tables import FORMATS, _settings, accuracy_table, report, status_table
-from tests.conftest import write_run
+from tests.conftest import run_cli, write_run
 
 VAL = [60.0, 50.0, 55.0]
 
@@ -118,12 +116,7 @@ def test_each_format_carries_the_same_cells(sweep, fmt):
 
 
 def run_results(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "bnstudy.results", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli(*map(str, args), module="bnstudy.results")
 
 
 def test_cli_writes_tidy_tables_and_figures(sweep):

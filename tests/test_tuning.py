@@ -3,7 +3,6 @@ from scipy.stats.t, paired differences to batchnorm, and the tuned paper grid.""
 
 import math
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from bnstudy.optim import make_schedule
 from bnstudy.parts import build_parts
 from bnstudy.train import train_step
 from bnstudy.tuning import chosen_lrs, tuned_table
-from tests.conftest import REPO, TINY, make_config, run_cli, write_run
+from tests.conftest import TINY, make_config, run_cli, write_run
 
 CPU = torch.device("cpu")
 
@@ -126,13 +125,7 @@ def test_tuned_accuracy_has_a_t_interval_and_a_paired_difference(search):
 
 
 def run_results(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bnstudy.results", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli(*args, module="bnstudy.results")
 
 
 @pytest.mark.parametrize("fmt", ["text", "markdown", "csv", "latex"])
