@@ -93,6 +93,7 @@ def test_the_loader_hands_out_the_chosen_memory_format():
         assert x.is_contiguous(memory_format=fmt)
 
 
+@pytest.mark.kernels
 @pytest.mark.slow
 def test_compiled_model_gives_the_eager_results():
     plain = {"precision": "fp32", "channels_last": False}

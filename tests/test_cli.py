@@ -24,6 +24,7 @@ def only_run(root: Path) -> Path:
     return folders[0]
 
 
+@pytest.mark.kernels
 def test_one_run_writes_both_csvs_with_the_right_rows(tmp_path):
     result = run_cli(*TINY, "norm=bnminus", "batch_size=32", f"paths.output_root={tmp_path}")
     assert result.returncode == 0, result.stderr
@@ -87,6 +88,7 @@ def test_rerun_of_a_completed_config_is_a_no_op(tmp_path):
     assert len(list(tmp_path.rglob("summary.csv"))) == 2
 
 
+@pytest.mark.kernels
 def test_same_config_and_seed_on_cpu_give_identical_numbers(tmp_path):
     runs = []
     for name in ("a", "b"):
@@ -108,6 +110,7 @@ def test_divergence_is_recorded_not_crashed(tmp_path):
     assert summary["diverged_epoch"] == "1" and "non-finite" in summary["error"]
 
 
+@pytest.mark.kernels
 def test_cifar10_from_files_in_the_official_format(tmp_path, tiny_cifar):
     result = run_cli(
         "dataset=cifar10",

@@ -100,6 +100,7 @@ def test_gamma_beta_activations_and_gradients_match_a_hand_computation():
         assert torch.equal(v, running[k]), k
 
 
+@pytest.mark.kernels
 @pytest.mark.slow
 def test_a_runs_layers_csv_holds_init_and_every_epoch_as_its_model_computes(tmp_path):
     result = run_cli(*TINY, f"paths.output_root={tmp_path}")

@@ -22,6 +22,7 @@ def _one_run(root: Path, *overrides: str) -> Path:
     return folder
 
 
+@pytest.mark.kernels
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides", [(), ("norm.freeze_after=1",)])
 def test_evaluate_reproduces_the_recorded_test_accuracy_per_class(tmp_path, overrides):

@@ -12,6 +12,7 @@ def inspect_cli(*args: str):
     return run_cli(*args, module="bnstudy.inspect")
 
 
+@pytest.mark.kernels
 @pytest.mark.slow
 def test_unnormalized_signal_grows_with_depth_and_batchnorm_stays_flat(tmp_path):
     result = inspect_cli(

@@ -59,6 +59,7 @@ for width in range(1 if not channels_last else 8, 9):
 """
 
 
+@pytest.mark.kernels
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_one_training_step_at_every_small_width_does_not_crash(layout):

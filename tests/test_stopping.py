@@ -79,7 +79,7 @@ def test_a_process_stuck_in_native_code_stops_within_seconds_of_ctrl_c(tmp_path)
 
 
 def _start_run(out: Path, *extra: str) -> subprocess.Popen:
-    args = [*TINY, f"paths.output_root={out}", "trainer.epochs=40", *extra]
+    args = [*TINY, f"paths.output_root={out}", "trainer.epochs=10", *extra]
     return subprocess.Popen(
         [PYTHON, "-m", "bnstudy.run", *args],
         stdout=subprocess.PIPE,
@@ -108,15 +108,15 @@ def test_a_stopped_run_ends_in_seconds_is_interrupted_and_the_rerun_resumes(tmp_
     [folder] = [p.parent for p in tmp_path.rglob("summary.csv")]
     summary = RunFolder(folder).read_summary()
     assert summary["status"] == "interrupted"
-    assert 1 <= int(summary["epochs_done"]) < 40
+    assert 1 <= int(summary["epochs_done"]) < 10
 
     rerun = _start_run(tmp_path)
     output, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, output
     assert f"resuming {folder} from epoch " in output
-    assert "epoch 1/40 " not in output  # nothing before the checkpoint is trained again
+    assert "epoch 1/10 " not in output  # nothing before the checkpoint is trained again
     epochs = [m.epoch for m in RunFolder(folder).read_metrics()]
-    assert epochs == list(range(1, 41))
+    assert epochs == list(range(1, 11))
 
 
 @pytest.mark.slow

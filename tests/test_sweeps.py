@@ -77,6 +77,7 @@ def test_a_small_grid_gives_one_run_per_cell_and_a_report(tmp_path):
     assert "4 runs: 3 completed, 1 missing" in shown.stdout
 
 
+@pytest.mark.kernels
 def test_kill_9_then_the_same_command_resumes_to_identical_numbers(tmp_path):
     args = [*TINY, "trainer.epochs=4", "data.train_subset=2048", "norm=batchnorm"]
     reference = run_cli(*args, f"paths.output_root={tmp_path / 'ref'}")
