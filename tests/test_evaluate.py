@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import pytest
@@ -22,11 +23,22 @@ def _one_run(root: Path, *overrides: str) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Two finished runs, trained once for the module: a plain one (with TensorBoard) and one
+    folded after epoch 1."""
+    root = tmp_path_factory.mktemp("runs")
+    return {
+        "plain": _one_run(root / "plain", "trainer.tensorboard=true"),
+        "folded": _one_run(root / "folded", "norm.freeze_after=1"),
+    }
+
+
 @pytest.mark.kernels
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides", [(), ("norm.freeze_after=1",)])
-def test_evaluate_reproduces_the_recorded_test_accuracy_per_class(tmp_path, overrides):
-    folder = _one_run(tmp_path, *overrides)
+@pytest.mark.parametrize("kind", ["plain", "folded"])
+def test_evaluate_reproduces_the_recorded_test_accuracy_per_class(tmp_path, runs, kind):
+    folder = shutil.copytree(runs[kind], tmp_path / "run")  # the summary is edited below
     recorded = float(RunFolder(folder).read_summary()["final_test_acc"])
     result = evaluate_cli(str(folder))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -59,10 +71,10 @@ def test_evaluate_refuses_a_folder_without_a_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_tensorboard_holds_every_epochs_metrics_beside_the_csv(tmp_path):
+def test_tensorboard_holds_every_epochs_metrics_beside_the_csv(runs):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    folder = _one_run(tmp_path, "trainer.tensorboard=true")
+    folder = runs["plain"]
     board = EventAccumulator(str(folder / "tensorboard"))
     board.Reload()
     epochs = RunFolder(folder).read_metrics()
