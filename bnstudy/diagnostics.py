@@ -109,12 +109,11 @@ def _floats(values: dict[str, Any]) -> dict[str, float | None]:
     return {**values, **dict(zip(keys, numbers, strict=True))}
 
 
-def signals(model: nn.Module, x: Tensor) -> dict[str, Any]:
+def signals(model: nn.Module, x: Tensor) -> tuple[dict[str, tuple], Tensor]:
     """Each site's output on `x` with batch statistics (in training mode: callers keep the
     model's state with `state_kept`), as (mean, std, output channels) by site name, and the
-    logits under "_logits". Gradients flow unless the caller turned them off."""
-    sites = _sites(model)
-    seen: dict[str, Any] = {}
+    logits. Gradients flow unless the caller turned them off."""
+    seen: dict[str, tuple] = {}
 
     def hook(site: _Site):
         def record(module: nn.Module, inputs: Any, out: Tensor) -> None:
@@ -123,15 +122,14 @@ def signals(model: nn.Module, x: Tensor) -> dict[str, Any]:
 
         return record
 
-    handles = [s.module.register_forward_hook(hook(s)) for s in sites]
+    handles = [s.module.register_forward_hook(hook(s)) for s in _sites(model)]
     try:
         model.train()
         logits = model(x)
     finally:
         for handle in handles:
             handle.remove()
-    seen["_logits"] = logits
-    return seen
+    return seen, logits
 
 
 @torch.no_grad()
@@ -140,7 +138,8 @@ def layer_stats(model: nn.Module, x: Tensor, epoch: int) -> list[LayerStats]:
     site's output on the probe batch `x` and weight-gradient norm (as the last step left the
     gradients; None before any step)."""
     with state_kept(model):
-        return _rows(model, signals(model, x), epoch)
+        seen, _ = signals(model, x)
+    return _rows(model, seen, epoch)
 
 
 def signal_at_init(model: nn.Module, x: Tensor, y: Tensor) -> list[LayerStats]:
@@ -148,19 +147,19 @@ def signal_at_init(model: nn.Module, x: Tensor, y: Tensor) -> list[LayerStats]:
     backward pass of the cross-entropy on (x, y); the gradients are cleared afterwards."""
     model.zero_grad(set_to_none=True)
     with state_kept(model):  # restored after the backward pass, which reads the buffers
-        out = signals(model, x)
-        nn.functional.cross_entropy(out["_logits"], y).backward()
+        seen, logits = signals(model, x)
+        nn.functional.cross_entropy(logits, y).backward()
     with torch.no_grad():
-        rows = _rows(model, out, epoch=0)
+        rows = _rows(model, seen, epoch=0)
     model.zero_grad(set_to_none=True)
     return rows
 
 
-def _rows(model: nn.Module, out: dict[str, Any], epoch: int) -> list[LayerStats]:
+def _rows(model: nn.Module, seen: dict[str, tuple], epoch: int) -> list[LayerStats]:
     rows: list[LayerStats] = []
     for site in _sites(model):
         rows += _norm_rows(site, epoch)
-        mean, std, channels = out[site.name]
+        mean, std, channels = seen[site.name]
         values = _floats({"act_mean": mean, "act_std": std, "grad_norm": _grad_norm(site)})
         rows.append(
             LayerStats(epoch, site.name, site.kind, site.stage, site.depth, channels, **values)

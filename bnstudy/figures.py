@@ -42,7 +42,7 @@ def plot(
         label = f"{values[DATASET]}, {_details(values, varying)}"
         slug = hashlib.sha256(label.encode()).hexdigest()[:6]
         slug = f"{values[DATASET]}-w{values[WIDTH]}-{slug}"
-        figure = Figure(plt, group, style, label, _chance(values[DATASET]))
+        figure = SettingFigures(plt, group, style, label, _chance(values[DATASET]))
         sub_epochs = epochs.merge(group[["run_id"]], on="run_id") if not epochs.empty else epochs
         for name, draw in (
             ("curves", figure.curves),
@@ -107,7 +107,7 @@ def seeds_text(counts: Iterable[int]) -> str:
     return f"{low}-{high} seeds per point"
 
 
-class Figure:
+class SettingFigures:
     """The figures of one setting (`runs`, all models and batch sizes): shared look, title
     and chance level."""
 

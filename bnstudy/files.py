@@ -34,10 +34,14 @@ def write_atomic(path: Path, data: bytes) -> None:
     except OSError as e:
         with suppress(OSError):
             tmp.unlink(missing_ok=True)
-        raise RecordsError(
-            f"cannot write {path}: {e.strerror or e}; free some space or make the folder "
-            "writable, or choose another paths.output_root"
-        ) from e
+        raise _cannot_write(path, e) from e
+
+
+def _cannot_write(path: Path, error: OSError) -> RecordsError:
+    return RecordsError(
+        f"cannot write {path}: {error.strerror or error}; free some space or make the folder "
+        "writable, or choose another paths.output_root"
+    )
 
 
 def write_csv(path: Path, columns: tuple[str, ...], rows: list[Mapping[str, Any]]) -> None:
@@ -61,10 +65,7 @@ def append_csv(path: Path, columns: tuple[str, ...], rows: list[Mapping[str, Any
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
-        raise RecordsError(
-            f"cannot write {path}: {e.strerror or e}; free some space or make the folder "
-            "writable, or choose another paths.output_root"
-        ) from e
+        raise _cannot_write(path, e) from e
 
 
 def _csv_text(
