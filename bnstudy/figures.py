@@ -101,6 +101,7 @@ def _chance(dataset: str) -> float | None:
 
 def seeds_text(counts: Iterable[int]) -> str:
     """`1 seed`, `3 seeds`, or `1-3 seeds per point` from the seeds behind each point."""
+    counts = list(counts)
     low, high = min(counts, default=0), max(counts, default=0)
     if low == high:
         return f"{low} seed" + ("s" if low != 1 else "")
