@@ -17,7 +17,16 @@ import pandas as pd
 from bnstudy.collect import VARIANT, identity_columns
 from bnstudy.controls import variant_order
 from bnstudy.files import write_atomic
-from bnstudy.records import BATCH_SIZE, DATASET, MODEL, SEED, SIGNAL_KINDS, SMALL_GAMMA, WIDTH
+from bnstudy.records import (
+    BATCH_SIZE,
+    DATASET,
+    MODEL,
+    SEED,
+    SIGNAL_KINDS,
+    SMALL_GAMMA,
+    WIDTH,
+    stage_name,
+)
 from bnstudy.stats import mean_ci
 from bnstudy.tables import AXES, _details, _natural
 
@@ -78,14 +87,16 @@ LINESTYLES = ("-", "--", "-.", ":")
 
 def styles(labels: list[str]) -> dict[str, dict]:
     """A colour, marker and line style per label, in order: lines that coincide stay
-    distinguishable (hollow markers of different shapes, different dashes)."""
+    distinguishable (hollow markers of different shapes, different dashes, and the earlier
+    labels, drawn first, wider and larger around the later ones)."""
     return {
         label: {
             "color": f"C{i % 10}",
             "marker": MARKERS[i % len(MARKERS)],
             "linestyle": LINESTYLES[i % len(LINESTYLES)],
             "markerfacecolor": "none",
-            "markersize": 5,
+            "markersize": max(4.0, 9.0 - 1.5 * i),
+            "linewidth": max(1.0, 2.6 - 0.5 * i),
         }
         for i, label in enumerate(labels)
     }
@@ -279,16 +290,16 @@ class SettingFigures:
             2, len(variants), figsize=(3.4 * len(variants) + 1.8, 5.6), squeeze=False, sharex=True
         )
         stages = sorted(stats["stage"].unique())
-        stage_style = styles([_stage_name(s) for s in stages])
+        stage_style = styles([stage_name(s) for s in stages])
         for j, variant in enumerate(variants):
             rows = stats[stats[VARIANT] == variant]
             for stage in stages:
                 line = rows[rows["stage"] == stage]
-                look = stage_style[_stage_name(stage)]
+                look = stage_style[stage_name(stage)]
                 axes[0][j].plot(line["epoch"], line["g"], **look)
-                axes[1][j].plot(line["epoch"], 100 * line["s"], **look)
+                axes[1][j].plot(line["epoch"], 100 * line["s"], clip_on=False, **look)
             axes[0][j].set_title(variant, fontsize=9)
-            axes[1][j].set_ylim(-2, max(10, 110 * rows["s"].max()))  # a share, in %
+            axes[1][j].set_ylim(0, max(10, 110 * rows["s"].max()))  # a share, in %
             axes[1][j].set_xlabel("epoch (0 = init)")
             for ax in axes[:, j]:
                 ax.grid(alpha=0.3)
@@ -309,6 +320,7 @@ class SettingFigures:
         if sites.empty:
             return None
         last = sites.groupby("run_id")["epoch"].transform("max")
+        floor = zero_floor(sites["act_std"])
         fig, axes = self.plt.subplots(1, 2, figsize=(10.5, 4.0), sharey=True, squeeze=False)
         for ax, (when, rows) in zip(
             axes[0],
@@ -320,7 +332,7 @@ class SettingFigures:
         ):
             for variant in self._variants(rows):
                 line = rows[rows[VARIANT] == variant].groupby("depth")["act_std"].mean()
-                ax.plot(line.index, line.values, label=variant, **self.style[variant])
+                log_line(ax, line.index, line.values, floor, label=variant, **self.style[variant])
             ax.set_yscale("log")
             ax.set_title(when, fontsize=9)
             ax.set_xlabel("depth (0 = stem; last = logits)")
@@ -328,12 +340,26 @@ class SettingFigures:
         axes[0][0].set_ylabel("std of the output on the probe batch")
         seeds = seeds_text(sites.groupby(VARIANT)["run_id"].nunique())
         title = f"Signal against depth ({where}, mean of {seeds}; end = last recorded epoch)"
+        if (sites["act_std"] == 0).any():
+            title += f"; ✕ at {floor:.2g}: std 0, a dead output"
         self._finish(fig, self._variants(sites), title, chance=False)
         return fig
 
 
-def _stage_name(stage: int) -> str:
-    return "stem" if stage == 0 else f"stage {stage}"
+def zero_floor(values: pd.Series) -> float:
+    """Where a log axis shows zeros: a decade below the smallest positive value."""
+    positive = values[values > 0]
+    return float(positive.min()) / 10 if len(positive) else 1e-3
+
+
+def log_line(ax, x, y, floor: float, **look) -> None:
+    """A line on a log axis that keeps its zeros: drawn as ✕ at `floor`, not dropped."""
+    y = pd.Series(list(y), dtype=float)
+    zero = (y <= 0).to_numpy()
+    ax.plot(x, y.where(~zero), **look)
+    if zero.any():
+        x_zero = [v for v, z in zip(x, zero, strict=True) if z]
+        ax.scatter(x_zero, [floor] * len(x_zero), marker="x", color=look["color"], zorder=3)
 
 
 def plot_lr_sensitivity(runs: pd.DataFrame, out: Path) -> list[Path]:

@@ -29,7 +29,7 @@ from bnstudy.errors import USER_ERRORS, one_line
 from bnstudy.files import write_atomic
 from bnstudy.parts import build_parts
 from bnstudy.preflight import load_config, resolved
-from bnstudy.records import DATASET, MODEL, NORM, SIGNAL_KINDS, WIDTH, identity
+from bnstudy.records import DATASET, MODEL, NORM, SIGNAL_KINDS, WIDTH, identity, stage_name
 from bnstudy.sweep import combinations
 
 PROG = "bnstudy.inspect"
@@ -83,7 +83,7 @@ def tables(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         # The L2 norm over a stage's sites: sqrt of the sum of their squared norms.
         squares = rows.assign(grad_sq=rows["grad_norm"] ** 2)
         grad = squares.pivot_table(index="stage", columns=LABEL, values="grad_sq", aggfunc="sum")
-        grad = (grad**0.5)[order]
+        grad = (grad**0.5)[order].rename(index=stage_name)
         what = f"{model}, width {rows[WIDTH].iloc[0]}, {rows[DATASET].iloc[0]}"
         out.append((f"activation std at init after each block ({what})", std))
         out.append((f"weight-gradient norm per stage after one backward pass ({what})", grad))
@@ -97,16 +97,17 @@ def plot(frame: pd.DataFrame, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bnstudy.figures import save, styles
+    from bnstudy.figures import log_line, save, styles, zero_floor
 
     written = []
     for model, rows in frame.groupby(MODEL, sort=False):
         order = list(dict.fromkeys(rows[LABEL]))
         style = styles(order)
         fig, ax = plt.subplots(figsize=(7.0, 4.2))
+        floor = zero_floor(rows["act_std"])
         for label in order:
             line = rows[rows[LABEL] == label].sort_values("depth")
-            ax.plot(line["depth"], line["act_std"], label=label, **style[label])
+            log_line(ax, line["depth"], line["act_std"], floor, label=label, **style[label])
         ax.set_yscale("log")
         ax.set_xlabel("depth (0 = stem, then each residual block; last = logits)")
         ax.set_ylabel("std of the output on the probe batch")

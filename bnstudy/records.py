@@ -59,7 +59,7 @@ class LayerStats:
     epoch: int
     layer: str  # module path: stem, stages.2.0, stages.2.0.norm1, fc
     kind: str  # norm, stem, block or logits
-    stage: int  # 0 the stem, 1..4 the stages, 5 the classifier
+    stage: int  # 0 the stem, 1..4 the stages, 5 the classifier (stage_name)
     depth: int  # 0 the stem, 1..N the residual blocks in network order, N+1 the classifier
     channels: int  # of the norm layer, or of the site's output
     gamma_mean: float | None = None
@@ -72,6 +72,11 @@ class LayerStats:
     act_mean: float | None = None  # of the site's output on the probe batch
     act_std: float | None = None
     grad_norm: float | None = None  # L2 norm of the site's weight gradients, all together
+
+
+def stage_name(stage: int) -> str:
+    """A layers.csv stage in words: the stem, stage 1..4, the classifier (after the last)."""
+    return {0: "stem", 5: "classifier"}.get(stage, f"stage {stage}")
 
 
 def from_csv(cls: type, row: Mapping[str, str]) -> Any:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up, train the four normalization variants at two batch sizes on Fashion-MNIST (offline;
-# ResNet18 at width 8 on 8,192 images, 3 epochs: about 2.5 minutes on 2 AVX2 cores in fp32),
+# ResNet18 at width 8 on 8,192 images, 3 epochs: about 3 minutes of training on 2 cores in fp32),
 # then print the results tables and write the figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -7,7 +7,8 @@ import pytest
 from matplotlib.collections import PolyCollection
 
 from bnstudy import figures
-from bnstudy.collect import collect
+from bnstudy.collect import collect, collect_layers
+from bnstudy.records import SUMMARY_COLUMNS, LayerStats, RunFolder
 from bnstudy.tables import _settings, accuracy_table
 from tests.conftest import write_run
 
@@ -86,3 +87,46 @@ def test_seed_counts_that_differ_are_said_as_a_range():
     assert figures.seeds_text([1, 3, 3]) == "1-3 seeds per point"
     assert figures.seeds_text([2, 2]) == "2 seeds"
     assert figures.seeds_text([1]) == "1 seed"
+
+
+def _write_layers(folder, stds_at_end: list[float]) -> None:
+    """A layers.csv for the run in `folder`: at init every site has std 1; after epoch 1 the
+    given stds; one norm layer per stage."""
+    run = RunFolder(folder)
+    ident = {k: v for k, v in run.read_summary().items() if k not in SUMMARY_COLUMNS}
+    rows = []
+    for epoch, stds in ((0, [1.0] * len(stds_at_end)), (1, stds_at_end)):
+        for depth, std in enumerate(stds):
+            rows.append(LayerStats(epoch, f"site{depth}", "block", depth, depth, 8, act_std=std))
+            rows.append(
+                LayerStats(epoch, f"site{depth}.norm", "norm", depth, depth, 8, 1 - epoch / 10,
+                           0.1, 0.8, 1.2, 0.0, 0.0, 0.1)
+            )  # fmt: skip
+    run.write_layers(ident, rows)
+
+
+def test_layer_figures_keep_zeros_on_the_log_axis_and_shares_non_negative(tmp_path, drawn):
+    _write_layers(write_run(tmp_path, "batchnorm", 32, 0, [50.0]), [1.0, 1.2, 1.1])
+    _write_layers(write_run(tmp_path, "affine", 32, 0, [40.0]), [0.5, 0.0, 0.3])  # a dead block
+    runs, epochs = collect(tmp_path)
+    figures.plot(runs, epochs, tmp_path, collect_layers(tmp_path, runs))
+
+    signal = drawn["signal"]
+    assert "✕ at 0.03: std 0, a dead output" in signal._suptitle.get_text()
+    at_end = signal.axes[1]
+    [crosses] = [c for c in at_end.collections if len(c.get_offsets())]
+    assert crosses.get_offsets().tolist() == [[1.0, 0.03]]  # the zero, drawn at the floor
+
+    gamma = drawn["gamma"]
+    assert "γ per stage over training (resnet18, batch 32, 1 seed)" in gamma._suptitle.get_text()
+    share_axes = gamma.axes[2:4]  # the lower row: share of channels with |γ| < 0.01
+    assert all(ax.get_ylim()[0] == 0 for ax in share_axes)
+    assert [ax.get_title() for ax in gamma.axes[:2]] == ["batchnorm", "affine"]
+
+
+def test_earlier_variants_are_drawn_wider_so_coinciding_lines_stay_visible():
+    looks = figures.styles(["batchnorm", "affine", "bnminus", "none"])
+    sizes = [look["markersize"] for look in looks.values()]
+    widths = [look["linewidth"] for look in looks.values()]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 4
+    assert widths == sorted(widths, reverse=True) and len(set(widths)) == 4
