@@ -262,8 +262,7 @@ class RunFolder:
     def append_layers(self, ident: Mapping[str, Any], rows: list[LayerStats]) -> None:
         """One epoch's rows at the end of layers.csv: a deep model's file grows by thousands
         of rows over a run, and rewriting it every epoch would cost more than the epoch."""
-        columns = (*ident, *LAYER_COLUMNS)
-        append_csv(self.layers_path, columns, [{**ident, **asdict(r)} for r in rows])
+        self._write(self.layers_path, ident, LAYER_COLUMNS, rows, write=append_csv)
 
     def _read(self, path: Path, record: type) -> list[Any]:
         try:
@@ -275,9 +274,12 @@ class RunFolder:
             ) from None
 
     @staticmethod
-    def _write(path: Path, ident: Mapping[str, Any], columns: tuple, items: list) -> None:
-        """Rows of `items` (records), each headed by the run's identity."""
-        write_csv(path, (*ident, *columns), [{**ident, **asdict(item)} for item in items])
+    def _write(
+        path: Path, ident: Mapping[str, Any], columns: tuple, items: list, write=write_csv
+    ) -> None:
+        """Rows of `items` (records), each headed by the run's identity, written (or
+        appended, with `write=append_csv`) under the identity and `columns`."""
+        write(path, (*ident, *columns), [{**ident, **asdict(item)} for item in items])
 
     def check_owner(self, expected_run_id: str) -> None:
         """Refuse to touch a folder that holds another config's run."""
