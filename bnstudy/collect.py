@@ -10,6 +10,7 @@ import io
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -40,6 +41,7 @@ REQUIRED = ("run_id", DATASET, MODEL, WIDTH, NORM, BATCH_SIZE, SEED)
 # of the tables. Derived, so not an identity column.
 VARIANT = "variant"
 MISSING = "missing"
+QUEUED = "queued"  # submitted to SLURM, not started yet
 INTERRUPTED = "interrupted"  # status "running" but no process holds the run's lock
 
 
@@ -138,6 +140,10 @@ def collect(root: Path, warn: Callable[[str], None] = _warn) -> tuple[pd.DataFra
     if not root.is_dir():
         raise ResultsError(f"{root} is not a folder; give the output folder of a run or sweep")
     summaries = sorted(root.rglob(SUMMARY_FILE))
+    if not summaries and read_sweeps(root, warn).asked:
+        # A sweep whose jobs have not started yet (queued on a cluster): nothing to collect,
+        # but the grid is known (asked_but_missing).
+        return pd.DataFrame(columns=[*REQUIRED, "status", "run_dir", VARIANT]), pd.DataFrame()
     if not summaries:
         raise ResultsError(
             f"no runs under {root} (no {SUMMARY_FILE} found); give paths.output_root of a run or "
@@ -147,10 +153,18 @@ def collect(root: Path, warn: Callable[[str], None] = _warn) -> tuple[pd.DataFra
     if runs.empty:
         raise ResultsError(f"no readable {SUMMARY_FILE} under {root}; see the warnings above")
     runs = _once_per_run(runs, warn)
-    # "running" in a summary whose process is gone (killed, pre-empted) means interrupted.
-    for i in runs.index[runs["status"] == "running"]:
-        if not RunFolder(root / runs.at[i, "run_dir"]).is_held():
-            runs.at[i, "status"] = INTERRUPTED
+    # "running" in a summary whose process is gone (killed, pre-empted) means interrupted:
+    # no process holds its lock, and SLURM (if it ran there) no longer runs its job. (A
+    # job's lock may not be visible from another node of a cluster; its job's state is.)
+    live = runs.index[runs["status"] == "running"]
+    live = [i for i in live if not RunFolder(root / runs.at[i, "run_dir"]).is_held()]
+    if live:
+        sweeps = read_sweeps(root, warn)
+        states = sweeps.scheduler_states() or {}
+        for i in live:
+            job = sweeps.jobs.get(runs.at[i, "run_id"])
+            if states.get(job) not in ("RUNNING", "COMPLETING"):
+                runs.at[i, "status"] = INTERRUPTED
     epochs = _concat_csvs(
         sorted(root.rglob(METRICS_FILE)),
         root,
@@ -210,24 +224,63 @@ def identity_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c not in fields]
 
 
-def asked_but_missing(
-    root: Path, runs: pd.DataFrame, warn: Callable[[str], None] = _warn
-) -> pd.DataFrame:
-    """Runs that a sweep below `root` was asked for but that have no folder yet, as rows with
-    status "missing": each sweep's grid (.sweeps/*.grid.json, every override combination as
-    Hydra composed it) and the jobs its ledger saw start."""
+@dataclass(frozen=True)
+class Sweeps:
+    """What the sweeps below a folder recorded (.sweeps/): the identity of every run they
+    were asked for, and the SLURM job of each run that went to a cluster (by run id)."""
+
+    asked: list[dict]
+    jobs: dict[str, str]
+
+    def scheduler_states(self) -> dict[str, str] | None:
+        """SLURM's state (PENDING, RUNNING, …) of each job it still lists, by job id; None
+        when no run went to SLURM or SLURM cannot be asked from here."""
+        if not self.jobs:
+            return None
+        from bnstudy.slurm import queue
+
+        listed = queue()
+        return None if listed is None else {job: state for job, (state, _) in listed.items()}
+
+
+def read_sweeps(root: Path, warn: Callable[[str], None] = _warn) -> Sweeps:
+    """Every sweep's grid (.sweeps/*.grid.json, each override combination as Hydra composed
+    it) and ledger (the jobs it submitted and saw start) below `root`."""
     asked: list[dict] = []
+    jobs: dict[str, str] = {}
     for path in sorted(root.rglob(f"{LEDGER_DIR}/*")):
         try:
             if path.name.endswith(GRID_SUFFIX):
                 asked += json.loads(path.read_text())
             elif path.suffix == ".jsonl":
-                asked += [e["identity"] for e in read_ledger(path) if e.get("started")]
+                for entry in read_ledger(path):
+                    if entry.get("started") or entry.get("submitted"):
+                        asked.append(entry["identity"])
+                    job = entry.get("submitted") or entry.get("job")
+                    if job:  # the latest job of a run is the one that counts
+                        jobs[entry["identity"]["run_id"]] = str(job)
         except (OSError, ValueError, KeyError, TypeError) as e:
             warn(f"{path}: cannot be read ({type(e).__name__}); left out")
     asked = [a for a in asked if isinstance(a, dict) and set(REQUIRED) <= set(a)]
-    if not asked:
+    return Sweeps(asked, jobs)
+
+
+def asked_but_missing(
+    root: Path, runs: pd.DataFrame, warn: Callable[[str], None] = _warn
+) -> pd.DataFrame:
+    """Runs that a sweep below `root` was asked for but that have no folder yet: status
+    "queued" when the run went to SLURM as a job that has not started (and SLURM still lists
+    it, where it can be asked), "missing" otherwise."""
+    sweeps = read_sweeps(root, warn)
+    if not sweeps.asked:
         return runs.iloc[0:0]
-    wanted = pd.DataFrame(asked).drop_duplicates("run_id")
-    missing = wanted[~wanted["run_id"].isin(runs["run_id"])]
-    return with_variant(missing.assign(status=MISSING, run_dir="").reset_index(drop=True))
+    wanted = pd.DataFrame(sweeps.asked).drop_duplicates("run_id")
+    missing = wanted[~wanted["run_id"].isin(runs["run_id"])].reset_index(drop=True)
+    states = sweeps.scheduler_states() if len(missing) else None
+    status = [
+        QUEUED
+        if run_id in sweeps.jobs and (states is None or sweeps.jobs[run_id] in states)
+        else MISSING
+        for run_id in missing["run_id"]
+    ]
+    return with_variant(missing.assign(status=status, run_dir=""))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from bnstudy.accel import COMPILE_MODES, PRECISIONS, FastPathError
 from bnstudy.controls import CHOICES, DEFAULTS
 from bnstudy.data import DATASETS
+from bnstudy.errors import ConfigError  # noqa: F401  (re-exported: raised by validate)
 from bnstudy.models import RESNETS
 from bnstudy.norms import NORMS
 from bnstudy.optim import LR_SCALINGS, OPTIMIZERS, SCHEDULES
@@ -27,10 +29,6 @@ from bnstudy.parts import fast_paths
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key and the fix."""
 
 
 @dataclass
@@ -150,10 +148,16 @@ def _at_least(key: str, value: float | None, low: float) -> None:
         raise ConfigError(f"{key}={value} is impossible; it must be >= {low}")
 
 
+@cache
+def _schema(optim: str) -> DictConfig:
+    """The whole schema with optim's own (read only; built once: a sweep checks every cell)."""
+    optim_schema = OPTIMIZERS[optim].schema if optim in OPTIMIZERS else dict
+    return OmegaConf.structured(Config(optim=optim_schema()))
+
+
 def _check_keys(cfg: Any) -> None:
     """Refuse keys the schema lacks, including ones added with Hydra's `+key=value`."""
-    optim_schema = OPTIMIZERS[cfg.optim.name].schema if cfg.optim.name in OPTIMIZERS else dict
-    schema = OmegaConf.structured(Config(optim=optim_schema()))
+    schema = _schema(cfg.optim.name)
 
     def walk(node: DictConfig, known: DictConfig, prefix: str) -> None:
         for key in node:
@@ -314,7 +318,11 @@ def _groups_help() -> str:
 
 
 def register_configs() -> None:
-    """Put the schemas where conf/*.yaml refer to them, and the --help resolver."""
+    """Put the schemas where conf/*.yaml refer to them (bnstudy's SLURM launcher's too), and
+    the --help resolver."""
+    from hydra_plugins.bnstudy_launcher.slurm_launcher import register
+
+    register()
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     for name, kind in OPTIMIZERS.items():

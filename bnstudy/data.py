@@ -23,11 +23,9 @@ from torch import Tensor
 from torchvision.datasets import CIFAR10, FashionMNIST
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive, download_url
 
+from bnstudy.errors import DatasetError  # noqa: F401  (re-exported: part of the readers' interface)
+
 log = logging.getLogger(__name__)
-
-
-class DatasetError(RuntimeError):
-    """Dataset files missing, unreadable or tampered with; the message says what to do."""
 
 
 @dataclass(frozen=True)

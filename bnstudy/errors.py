@@ -1,5 +1,6 @@
 """User errors as one line: the kinds bnstudy raises for a mistake it can name, and how every
-command (run, bench, results) prints them: `<prog>: error: <one line>`, exit status 2.
+command (run, bench, results) prints them: `<prog>: error: <one line>`, exit status 2. No torch
+at import, so that a refusal costs no more than Hydra's own start.
 """
 
 from __future__ import annotations
@@ -11,12 +12,18 @@ from typing import NoReturn
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from bnstudy.config import ConfigError
-from bnstudy.data import DatasetError
-from bnstudy.records import RecordsError
+from bnstudy.files import RecordsError
 
 PROG = "bnstudy"  # how `python -m bnstudy.run` names itself in messages
 USAGE_EXIT = 2  # the exit status of every user error
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and the fix."""
+
+
+class DatasetError(RuntimeError):
+    """Dataset files missing, unreadable or tampered with; the message says what to do."""
 
 
 class OutOfMemory(RuntimeError):

@@ -9,6 +9,7 @@ hydra.run.dir by hand bypasses the resolver; `RunFolderGuard.on_run_start` cover
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from functools import lru_cache
@@ -85,8 +86,11 @@ def check_output_root(root: str) -> Path:
 
 def check_memory(cfg: Any, device: torch.device) -> None:
     """Refuse a model whose weights, gradients and optimizer state exceed the free memory."""
-    with torch.device("meta"):  # counts parameters without allocating them
-        n_params = sum(p.numel() for p in build_model(cfg).parameters())
+    n_params = _parameter_count(
+        json.dumps(OmegaConf.to_container(cfg.model, resolve=True), sort_keys=True),
+        json.dumps(OmegaConf.to_container(cfg.norm, resolve=True), sort_keys=True),
+        cfg.dataset.name,
+    )
     # fp32 weights, their gradients and the optimizer's state, 4 bytes each.
     needed = n_params * 4 * (2 + OPTIMIZERS[cfg.optim.name].state_slots)
     free = _free_memory(device)
@@ -97,6 +101,16 @@ def check_memory(cfg: Any, device: torch.device) -> None:
             f"{needed / 2**30:,.1f} GiB; {device.type} has {free / 2**30:,.1f} GiB free; lower "
             "model.width"
         )
+
+
+@lru_cache(maxsize=256)
+def _parameter_count(model: str, norm: str, dataset: str) -> int:
+    """Parameters of the model these (JSON) `model` and `norm` configs build for `dataset`,
+    counted on the meta device without allocating them; once per architecture of a sweep."""
+    cfg = OmegaConf.create({"model": json.loads(model), "norm": json.loads(norm)})
+    cfg.dataset = {"name": dataset}
+    with torch.device("meta"):
+        return sum(p.numel() for p in build_model(cfg).parameters())
 
 
 def _free_memory(device: torch.device) -> int | None:
@@ -169,12 +183,20 @@ def _run_path_resolver(*, _root_: DictConfig) -> str:
 
 
 def check_not_a_grid(config: DictConfig) -> None:
-    """Refuse a single run of a config that defines a grid (experiment=paper): without -m,
-    Hydra would silently train one cell of it."""
+    """Refuse a single run of a config that defines a grid (experiment=paper), or that names
+    a sweep's launcher (hydra/launcher=slurm): without -m, Hydra would silently train one
+    cell of the grid, here, in this process."""
+    task = list(config.hydra.overrides.task)
+    # The user's own hydra overrides (Hydra adds hydra.mode=RUN), then the task's.
+    given = [o for o in config.hydra.overrides.hydra if not o.startswith("hydra.mode=")] + task
+    command = " ".join(["python -m bnstudy.run -m", *map(shlex.quote, given)])
+    launcher = config.hydra.runtime.choices.get("hydra/launcher")
+    if launcher not in (None, "basic"):
+        raise ConfigError(
+            f"hydra/launcher={launcher} launches the jobs of a sweep; add -m: {command}"
+        )
     params = config.hydra.sweeper.get("params") or {}
     if params:
-        task = list(config.hydra.overrides.task)
-        command = " ".join(["python -m bnstudy.run -m", *map(shlex.quote, task)])
         asked = next((t for t in task if t.startswith("experiment=")), "this config")
         raise ConfigError(
             f"{asked} is a grid over {', '.join(params)}; run it as a sweep: {command}"

@@ -42,7 +42,6 @@ from bnstudy.train import Diverged, fit
 log = logging.getLogger("bnstudy")
 
 EXIT_LOCKED = 3  # another process is training this run right now
-STOPPED_STUCK = "stopped while stuck in a native kernel (Ctrl-C, SIGTERM or its sweep ended)"
 
 
 def _now() -> str:
@@ -149,7 +148,7 @@ def _train(
 
     record("running")  # from here on, every way out of this run leaves a status
     # Stopped while stuck in native code, the process ends from a watchdog thread.
-    stop.on_stuck = lambda: _record_end(record, "interrupted", STOPPED_STUCK)
+    stop.on_stuck = lambda: _record_stuck(record, stop)
     try:
         with _out_of_memory_named(cfg):
             parts = build_parts(cfg, device)
@@ -216,11 +215,12 @@ def _train(
         record("diverged", diverged_epoch=e.epoch, error=str(e))
         folder.drop_checkpoint()
         return Outcome("diverged", error=str(e))
-    except KeyboardInterrupt:
-        _record_end(record, "interrupted", "interrupted (Ctrl-C or SIGTERM)")
-        raise
     except BaseException as e:
-        _record_end(record, "failed", one_line(e) if isinstance(e, USER_ERRORS) else first_line(e))
+        if stop.asked_for(e):  # Ctrl-C, SIGTERM, a SLURM requeue: not a failure of the run
+            _record_end(record, *stop.outcome(e))
+        else:
+            error = one_line(e) if isinstance(e, USER_ERRORS) else first_line(e)
+            _record_end(record, "failed", error)
         raise
     try:  # the run is complete whatever happens here; a rerun removes a leftover checkpoint
         folder.drop_checkpoint()
@@ -246,6 +246,11 @@ def _record_end(record: Any, status: str, error: str) -> None:
         record(status, error=error)
     except RecordsError as e:
         log.error("could not record status %s: %s", status, e)
+
+
+def _record_stuck(record: Any, stop: Stop) -> None:
+    status, reason = stop.outcome()
+    _record_end(record, status, f"{reason} (stopped while stuck in a native kernel)")
 
 
 def _log_epoch(m: EpochMetrics, epochs: int) -> None:

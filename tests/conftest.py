@@ -8,6 +8,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,17 @@ def run_cli(
         text=True,
         timeout=600,
     )
+
+
+def wait_for(condition, seconds: float, what: str, poll: float = 0.1) -> float:
+    """Wait until `condition()` is true; the seconds it took. AssertionError naming `what`
+    after `seconds`."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > seconds:
+            raise AssertionError(f"not within {seconds} s: {what}")
+        time.sleep(poll)
+    return time.monotonic() - started
 
 
 def write_run(

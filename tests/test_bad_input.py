@@ -101,6 +101,19 @@ def test_a_sweep_with_a_bad_value_writes_nothing(tmp_path):
     assert not any(root.rglob("summary.csv")) and not any(root.rglob(".hydra"))
 
 
+def test_a_sweep_with_a_cell_that_cannot_run_is_refused_naming_the_cell(tmp_path):
+    root = tmp_path / "out"
+    result = run_cli(
+        "-m", *TINY, "batch_size=16,1000", "norm=batchnorm", f"paths.output_root={root}"
+    )
+    assert_one_line_error(
+        result,
+        "1 of 2 cells of this sweep cannot run, e.g. batch_size=1000: batch_size=1000 exceeds the "
+        "192 training images",
+    )
+    assert not root.exists()
+
+
 @pytest.mark.parametrize("multirun", [False, True])
 def test_an_output_root_that_is_a_file_or_under_one_is_refused(tmp_path, multirun):
     afile = tmp_path / "afile"

@@ -1,3 +1,4 @@
+import shutil
 from pathlib import Path
 
 import pytest
@@ -95,11 +96,26 @@ def test_paper_experiment_is_the_full_grid_on_cifar10():
     assert cfg.dataset.name == "cifar10" and cfg.paths.output_root == "outputs/paper"
 
 
-def test_slurm_preset_asks_one_gpu_and_requeues():
-    launcher = hydra_config("hydra/launcher=slurm").hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
-    assert launcher.gpus_per_node == 1 and launcher.timeout_min > 0
-    assert launcher.max_num_timeout > 0
+@pytest.mark.skipif(
+    shutil.which("srun") is None, reason="submitit writes sbatch scripts only where SLURM is"
+)
+def test_slurm_presets_ask_for_a_gpu_or_none_and_for_requeue():
+    from bnstudy.slurm import submission_script
+
+    gpu = hydra_config("hydra/launcher=slurm").hydra.launcher
+    cpu = hydra_config("hydra/launcher=slurm_cpu").hydra.launcher
+    for launcher in (gpu, cpu):
+        assert launcher._target_.endswith("bnstudy_launcher.slurm_launcher.BnstudySlurmLauncher")
+        assert launcher.max_num_timeout > 0 and launcher.wait is True
+    params = {k: v for k, v in gpu.items() if k != "submitit_folder"}
+    gpu_script = submission_script(params, "/tmp/sub/%j")
+    cpu_script = submission_script({k: v for k, v in cpu.items() if k != "submitit_folder"}, "/x")
+    # --requeue: on sites with JobRequeue=0 a time-limit requeue works only for such jobs.
+    for script in (gpu_script, cpu_script):
+        assert "#SBATCH --requeue\n" in script and "#SBATCH --signal=USR2@120\n" in script
+    assert "#SBATCH --gpus-per-node=1\n" in gpu_script and "#SBATCH --mem=32GB\n" in gpu_script
+    assert "gpus" not in cpu_script and "gres" not in cpu_script
+    assert "#SBATCH --cpus-per-task=4\n" in cpu_script and "#SBATCH --mem=8GB\n" in cpu_script
 
 
 def test_the_paper_grid_trains_on_all_training_images():

@@ -15,7 +15,7 @@ import pytest
 
 from bnstudy.records import RunFolder
 from bnstudy.stopping import GRACE_SECONDS
-from tests.conftest import TINY
+from tests.conftest import TINY, wait_for
 
 PYTHON = sys.executable
 
@@ -44,15 +44,6 @@ def _descendants(pid: int) -> list[int]:
         found += children
         frontier += children
     return found
-
-
-def _wait_for(condition, seconds: float, what: str) -> float:
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > seconds:
-            raise AssertionError(f"not within {seconds} s: {what}")
-        time.sleep(0.1)
-    return time.monotonic() - started
 
 
 def test_a_process_stuck_in_native_code_stops_within_seconds_of_ctrl_c(tmp_path):
@@ -98,7 +89,7 @@ def _first_epoch_done(out: Path) -> bool:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_stopped_run_ends_in_seconds_is_interrupted_and_the_rerun_resumes(tmp_path, signum):
     process = _start_run(tmp_path)
-    _wait_for(lambda: _first_epoch_done(tmp_path), 120, "a first epoch")
+    wait_for(lambda: _first_epoch_done(tmp_path), 120, "a first epoch")
     process.send_signal(signum)
     started = time.monotonic()
     output, _ = process.communicate(timeout=30)
@@ -138,12 +129,12 @@ def test_a_sweep_whose_launcher_is_killed_leaves_no_job_running(tmp_path):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    _wait_for(lambda: _first_epoch_done(tmp_path), 180, "the job's first epoch")
+    wait_for(lambda: _first_epoch_done(tmp_path), 180, "the job's first epoch")
     jobs = _descendants(process.pid)
     assert jobs, "submitit_local runs its job in processes of its own"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    _wait_for(lambda: all(_gone(p) for p in jobs), GRACE_SECONDS + 10, "the jobs' end")
+    wait_for(lambda: all(_gone(p) for p in jobs), GRACE_SECONDS + 10, "the jobs' end")
     [folder] = [p.parent for p in tmp_path.rglob("summary.csv")]
     assert RunFolder(folder).read_summary()["status"] == "interrupted"
     assert not RunFolder(folder).is_held()
@@ -163,7 +154,7 @@ def _start_bench() -> subprocess.Popen:
 @pytest.mark.parametrize("how", ["ctrl-c", "kill"])
 def test_a_stopped_benchmark_leaves_no_worker(how):
     process = _start_bench()
-    _wait_for(lambda: _descendants(process.pid), 60, "the measurement process")
+    wait_for(lambda: _descendants(process.pid), 60, "the measurement process")
     time.sleep(3)  # measuring by now
     workers = _descendants(process.pid)
     if how == "ctrl-c":
@@ -174,4 +165,4 @@ def test_a_stopped_benchmark_leaves_no_worker(how):
     else:
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
-    _wait_for(lambda: all(_gone(p) for p in workers), GRACE_SECONDS + 5, "the workers' end")
+    wait_for(lambda: all(_gone(p) for p in workers), GRACE_SECONDS + 5, "the workers' end")
