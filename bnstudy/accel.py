@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it is used: the config checks run without it
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # oneDNN's channels_last convolution backward hangs or crashes (SIGSEGV, SIGABRT, SIGBUS) on
 # AVX2-only CPUs when a layer has fewer than 8 channels (shared/repro/avx2_conv_backward.py).
 CPU_CHANNELS_LAST_MIN_WIDTH = 8
@@ -38,10 +39,14 @@ class FastPaths:
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
-        return _DTYPES[self.precision]
+        import torch
+
+        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
 
     @property
     def memory_format(self) -> torch.memory_format:
+        import torch
+
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
 
@@ -53,6 +58,8 @@ def resolve_precision(device: torch.device, precision: str) -> str:
     if precision != "auto":
         return precision
     if device.type == "cuda":
+        import torch
+
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "fp32"
 
@@ -96,8 +103,22 @@ def resolve_fast_paths(
     return FastPaths(precision, channels_last, compile, cudnn_benchmark)
 
 
+def fast_paths(cfg: Any, device: torch.device) -> FastPaths:
+    """The trainer's fast-path keys of config `cfg` resolved for `device` (FastPathError)."""
+    return resolve_fast_paths(
+        device,
+        cfg.trainer.precision,
+        cfg.trainer.channels_last,
+        cfg.trainer.compile,
+        cfg.trainer.cudnn_benchmark,
+        cfg.model.width,
+    )
+
+
 def apply_global_flags(paths: FastPaths, device: torch.device) -> None:
     if device.type == "cuda":
+        import torch
+
         torch.backends.cudnn.benchmark = paths.cudnn_benchmark
         # TF32 only matters for fp32 steps; mixed precision does not use it.
         torch.backends.cuda.matmul.allow_tf32 = paths.precision != "fp32"
@@ -109,6 +130,8 @@ def prepare_model(model: nn.Module, paths: FastPaths) -> nn.Module:
 
     Checkpoints keep using `model` itself (a compiled wrapper renames every key).
     """
+    import torch
+
     model.to(memory_format=paths.memory_format)
     if paths.compile == "none":
         return model
@@ -120,4 +143,6 @@ def make_scaler(paths: FastPaths, device: torch.device) -> torch.amp.GradScaler 
     """Loss scaling for fp16, whose small range would flush small gradients to zero."""
     if paths.precision != "fp16":
         return None
+    import torch
+
     return torch.amp.GradScaler(device.type)

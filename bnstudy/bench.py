@@ -29,10 +29,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from torch import nn
 
+from bnstudy import kernels
 from bnstudy.config import CONF_DIR, ConfigError, resolve_device
 from bnstudy.data import DATASETS, DatasetError
 from bnstudy.diagnostics import layer_stats, probe_of
 from bnstudy.errors import first_line, one_line
+from bnstudy.kernels import KERNELS
 from bnstudy.norms import NORMS
 from bnstudy.parts import build_model, build_optimizer, build_parts
 from bnstudy.preflight import load_config, resolved
@@ -42,7 +44,7 @@ from bnstudy.train import train_step
 
 COLUMNS = (
     "path", "device", "model", "width", "norm", "batch_size", "precision", "channels_last",
-    "compile", "images_per_s", "ms_per_step", "peak_memory_mb", "vs_reference",
+    "compile", "cpu_kernels", "images_per_s", "ms_per_step", "peak_memory_mb", "vs_reference",
 )  # fmt: skip
 
 
@@ -230,12 +232,17 @@ def _measure_job(kind: str, overrides: list[str], warmup: int, steps: int, worke
         row = measure_bnstudy(cfg, warmup, steps)
     else:
         row = measure_reference(cfg, warmup, steps, workers)
+    device = resolve_device(cfg.device.name)
     return {
-        "device": str(resolve_device(cfg.device.name)),
+        "device": str(device),
         "model": cfg.model.name,
         "width": cfg.model.width,
         "norm": cfg.norm.name,
         "batch_size": cfg.batch_size,
+        # On the CPU: which kernels computed (kernels.py), as this process runs them.
+        "cpu_kernels": f"{cfg.trainer.cpu_kernels} ({kernels.current().isa})"
+        if device.type == "cpu"
+        else "",
         **row,
     }
 
@@ -295,7 +302,8 @@ def estimate_grid_hours(
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     shown = ("path", "model", "norm", "batch_size", "precision", "channels_last",
-             "images_per_s", "ms_per_step", "peak_memory_mb", "vs_reference")  # fmt: skip
+             "cpu_kernels", "images_per_s", "ms_per_step", "peak_memory_mb",
+             "vs_reference")  # fmt: skip
     cells = [[str(c) for c in shown]]
     for row in rows:
         cells.append([
@@ -316,6 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="reference DataLoader workers")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference loop")
     parser.add_argument("--variants", action="store_true", help="time all four norm variants")
+    parser.add_argument(
+        "--kernels",
+        action="store_true",
+        help="on the CPU, time bnstudy with the portable (AVX2) and the native kernels",
+    )
     parser.add_argument("--out", type=Path, help="CSV file (default outputs/bench/...csv)")
     args, overrides = parser.parse_known_args(argv)
     try:
@@ -326,8 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [("bnstudy", overrides)]
     if args.variants:
         jobs = [("bnstudy", [*overrides, f"norm={n}"]) for n in NORMS]
+    if args.kernels:
+        jobs = [("bnstudy", [*overrides, f"trainer.cpu_kernels={k}"]) for k in KERNELS]
     if not args.no_reference:
-        jobs.append(("reference", overrides))
+        # The loop a researcher writes runs on the machine's own kernels.
+        jobs.append(("reference", [*overrides, "trainer.cpu_kernels=native"]))
     rows = []
     try:
         for kind, job_overrides in jobs:
@@ -351,6 +367,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.variants:
         times = [r["ms_per_step"] for r in rows if r["path"] == "bnstudy"]
         print(f"variants: slowest/fastest step time = {max(times) / min(times):.3f}")
+    if args.kernels:
+        portable, native = rows[:2]
+        ratio = portable["images_per_s"] / native["images_per_s"]
+        print(
+            f"cpu kernels: {portable['cpu_kernels']} {portable['images_per_s']:,.1f} images/s, "
+            f"{native['cpu_kernels']} {native['images_per_s']:,.1f}: portable runs at "
+            f"{ratio:.2f}× native (the price of the same bits on every x86 machine)"
+        )
     for row in rows:
         if "diagnostics_ms" in row:
             print(

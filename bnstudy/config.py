@@ -12,20 +12,19 @@ import math
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from bnstudy.accel import COMPILE_MODES, PRECISIONS, FastPathError
+from bnstudy.accel import COMPILE_MODES, PRECISIONS, FastPathError, fast_paths
 from bnstudy.controls import CHOICES, DEFAULTS
-from bnstudy.data import DATASETS
 from bnstudy.errors import ConfigError  # noqa: F401  (re-exported: raised by validate)
-from bnstudy.models import RESNETS
-from bnstudy.norms import NORMS
+from bnstudy.kernels import KERNELS
 from bnstudy.optim import LR_SCALINGS, OPTIMIZERS, SCHEDULES
-from bnstudy.parts import fast_paths
+
+if TYPE_CHECKING:  # imported where used: the value checks answer without torch
+    import torch
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
@@ -97,6 +96,11 @@ class TrainerConfig:
     channels_last: bool | None = None
     compile: str = "none"  # none, default, reduce-overhead (CUDA graphs), max-autotune
     cudnn_benchmark: bool = True
+    # CPU runs: the AVX2 kernels of oneDNN, ATen and MKL on every x86-64 machine (portable:
+    # the same bits everywhere) or the machine's own fastest (native); see bnstudy/kernels.py.
+    cpu_kernels: str = "portable"
+    # Intra-op threads of a CPU run: fixed, because the threads split (and order) the sums.
+    cpu_threads: int = 2
     # all, or norm: only γ, β and the classifier learn; every conv stays at its random init.
     train_only: str = DEFAULTS["trainer.train_only"]
     # layers.csv: γ, β, activations on a fixed probe batch and gradient norms per layer, at
@@ -173,17 +177,43 @@ def _check_keys(cfg: Any) -> None:
 
 
 def validate(cfg: Any) -> None:
-    """Refuse values that compose fine but cannot run; raises ConfigError naming the key."""
+    """Refuse values that compose fine but cannot run; raises ConfigError naming the key.
+    The checks that need no torch come first: the usual mistakes are answered at once."""
     _check_keys(cfg)
+    _check_values(cfg)
+    _check_tables(cfg)
+    _check_controls(cfg)
+    device = resolve_device(cfg.device.name)
+    try:
+        fast_paths(cfg, device)
+    except FastPathError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _check_tables(cfg: Any) -> None:
+    """The names the tables of models, norms and datasets know (importing them imports torch)."""
+    from bnstudy.data import DATASETS
+    from bnstudy.models import RESNETS
+    from bnstudy.norms import NORMS
+
     _choice("model.name", cfg.model.name, RESNETS)
     _choice("norm.name", cfg.norm.name, NORMS)
     _choice("dataset.name", cfg.dataset.name, DATASETS)
+
+
+def _check_values(cfg: Any) -> None:
+    """Every value that can be checked without torch: choices, ranges, finite numbers."""
     _choice("optim.name", cfg.optim.name, OPTIMIZERS)
     _choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
     _choice("device.name", cfg.device.name, DEVICES)
     _choice("trainer.precision", cfg.trainer.precision, PRECISIONS)
     _choice("trainer.compile", cfg.trainer.compile, COMPILE_MODES)
-    _check_controls(cfg)
+    _choice("trainer.cpu_kernels", cfg.trainer.cpu_kernels, KERNELS)
+    for key, choices in CHOICES.items():
+        group, leaf = key.split(".")
+        _choice(key, cfg[group][leaf], choices)
+    _at_least("norm.groups", cfg.norm.groups, 1)
+    _at_least("norm.init_batch", cfg.norm.init_batch, 2)
     for key, value in [
         ("batch_size", cfg.batch_size),
         ("trainer.epochs", cfg.trainer.epochs),
@@ -192,6 +222,7 @@ def validate(cfg: Any) -> None:
         ("data.train_subset", cfg.data.train_subset),
         ("data.test_subset", cfg.data.test_subset),
         ("data.eval_batch_size", cfg.data.eval_batch_size),
+        ("trainer.cpu_threads", cfg.trainer.cpu_threads),
     ]:
         _at_least(key, value, 1)
     _at_least("seed", cfg.seed, 0)
@@ -225,21 +256,13 @@ def validate(cfg: Any) -> None:
             value = cfg.optim[key]
             if not (math.isfinite(value) and 0 <= value < 1):
                 raise ConfigError(f"optim.{key}={value} is impossible; it must be in [0, 1)")
-    device = resolve_device(cfg.device.name)
-    try:
-        fast_paths(cfg, device)
-    except FastPathError as e:
-        raise ConfigError(str(e)) from None
 
 
 def _check_controls(cfg: Any) -> None:
     """The controls of bnstudy/controls.py: where each applies, and which go together."""
-    for key, choices in CHOICES.items():
-        group, leaf = key.split(".")
-        _choice(key, cfg[group][leaf], choices)
+    from bnstudy.norms import NORMS
+
     norm, takes = cfg.norm.name, NORMS[cfg.norm.name].takes
-    _at_least("norm.groups", cfg.norm.groups, 1)
-    _at_least("norm.init_batch", cfg.norm.init_batch, 2)
     with_params = [n for n, v in NORMS.items() if "params" in v.takes]
     if cfg.norm.params != "both" and "params" not in takes:
         _not_with(f"norm.params={cfg.norm.params}", f"norm={norm}", f"norm={'|'.join(with_params)}")
@@ -285,6 +308,8 @@ def _within(key: str, value: float, low: float, high: float) -> None:
 
 def resolve_device(name: str) -> torch.device:
     """Map the `device` choice to a torch device; refuses a backend this machine lacks."""
+    import torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -19,18 +19,21 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
+from bnstudy import kernels
+from bnstudy.accel import fast_paths
 from bnstudy.config import CONF_DIR, resolve_device
 from bnstudy.data import DATASETS, load_dataset
 from bnstudy.errors import USER_ERRORS, one_line
 from bnstudy.init import fold_norms
 from bnstudy.loader import GpuLoader
-from bnstudy.parts import build_model, fast_paths
+from bnstudy.parts import build_model
 from bnstudy.preflight import resolved
 from bnstudy.records import MODEL_FILE, SUMMARY_COLUMNS, RecordsError, RunFolder, identity
 from bnstudy.train import autocast
 
 PROG = "bnstudy.evaluate"
 GROUPS = ("model", "norm", "dataset", "optim")  # chosen by name in the identity
+CPU_ONLY_KEYS = ("trainer.cpu_kernels", "trainer.cpu_threads")  # empty for a GPU run
 
 
 def run_config(folder: RunFolder, overrides: list[str]):
@@ -43,10 +46,13 @@ def run_config(folder: RunFolder, overrides: list[str]):
     choices = [f"{group}={ident[f'{group}.name']}" for group in GROUPS]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[*choices, *overrides])
+    trained_on = summary["device"].split()[0]  # "cpu", "cuda (NVIDIA H200)", …
     with open_dict(cfg):
         for key, text in ident.items():
+            if text == "" and key in CPU_ONLY_KEYS:
+                continue  # not a CPU run: no kernels or threads of its own; defaults here
             OmegaConf.update(cfg, key, text if text != "" else None, merge=False)
-    recomputed = identity(resolved(cfg))["run_id"]
+    recomputed = identity(resolved(cfg, trained_on))["run_id"]
     if recomputed != summary["run_id"]:
         raise RecordsError(
             f"{folder.summary_path}: its identity gives run {recomputed}, not "
@@ -79,6 +85,8 @@ def evaluate_run(run_dir: Path, overrides: list[str]) -> tuple[str, bool]:
             "completed run keeps its model"
         )
     device = resolve_device(cfg.device.name)
+    if device.type == "cpu":  # the kernels the run trained with, where it trained on the CPU
+        kernels.choose(cfg.trainer.cpu_kernels, cfg.trainer.cpu_threads)
     fast = fast_paths(cfg, device)
     model = build_model(cfg).to(device)
     if cfg.norm.freeze_after is not None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from omegaconf import II
 
-Schedule = torch.optim.lr_scheduler.LRScheduler
+if TYPE_CHECKING:  # torch is imported where it is used: the schemas serve the config checks
+    import torch
+
+    Schedule = torch.optim.lr_scheduler.LRScheduler
 
 
 LR_SCALINGS = ("none", "linear", "sqrt")  # optim.lr_scaling
@@ -60,6 +62,8 @@ def effective_lr(cfg: Any, batch_size: int) -> float:
 
 
 def _sgd(groups: list[dict], cfg: Any, lr: float) -> torch.optim.Optimizer:
+    import torch
+
     return torch.optim.SGD(
         groups,
         lr=lr,
@@ -70,6 +74,8 @@ def _sgd(groups: list[dict], cfg: Any, lr: float) -> torch.optim.Optimizer:
 
 
 def _adam(groups: list[dict], cfg: Any, lr: float) -> torch.optim.Optimizer:
+    import torch
+
     return torch.optim.Adam(
         groups, lr=lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
     )
@@ -93,6 +99,8 @@ OPTIMIZERS: dict[str, OptimizerKind] = {
 def make_schedule(optimizer: torch.optim.Optimizer, cfg: Any, epochs: int) -> Schedule:
     """optim.schedule over the epochs after the warm-up, preceded by a linear warm-up from
     lr/warmup_factor to lr over optim.warmup_epochs; stepped once per epoch."""
+    import torch
+
     warmup = cfg.warmup_epochs
     if warmup == 0:
         return SCHEDULES[cfg.schedule](optimizer, epochs)
@@ -103,13 +111,21 @@ def make_schedule(optimizer: torch.optim.Optimizer, cfg: Any, epochs: int) -> Sc
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, rest], milestones=[warmup])
 
 
+def _cosine(optimizer: torch.optim.Optimizer, epochs: int) -> Schedule:
+    # From lr to 0 over the run: no milestones to tune per epoch count.
+    from torch.optim.lr_scheduler import CosineAnnealingLR
+
+    return CosineAnnealingLR(optimizer, T_max=epochs)
+
+
+def _constant(optimizer: torch.optim.Optimizer, epochs: int) -> Schedule:
+    from torch.optim.lr_scheduler import ConstantLR
+
+    return ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
 # optim.schedule's choices: (optimizer, epochs) -> a schedule stepped once per epoch.
 SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, int], Schedule]] = {
-    # From lr to 0 over the run: no milestones to tune per epoch count.
-    "cosine": lambda optimizer, epochs: torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=epochs
-    ),
-    "constant": lambda optimizer, epochs: torch.optim.lr_scheduler.ConstantLR(
-        optimizer, factor=1.0, total_iters=0
-    ),
+    "cosine": _cosine,
+    "constant": _constant,
 }

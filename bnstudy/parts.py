@@ -15,9 +15,9 @@ from torch import nn
 from bnstudy.accel import (
     FastPaths,
     apply_global_flags,
+    fast_paths,
     make_scaler,
     prepare_model,
-    resolve_fast_paths,
 )
 from bnstudy.data import DATASETS, Split, hold_out, load_dataset
 from bnstudy.init import (
@@ -91,18 +91,6 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
         groups.append({"params": norm_params, "weight_decay": cfg.optim.norm_weight_decay})
     lr = effective_lr(cfg.optim, cfg.batch_size)
     return OPTIMIZERS[cfg.optim.name].build(groups, cfg.optim, lr)
-
-
-def fast_paths(cfg: DictConfig, device: torch.device) -> FastPaths:
-    """The trainer's fast-path keys resolved for `device` (raises FastPathError)."""
-    return resolve_fast_paths(
-        device,
-        cfg.trainer.precision,
-        cfg.trainer.channels_last,
-        cfg.trainer.compile,
-        cfg.trainer.cudnn_benchmark,
-        cfg.model.width,
-    )
 
 
 def build_parts(cfg: DictConfig, device: torch.device) -> Parts:

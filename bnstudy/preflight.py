@@ -14,17 +14,15 @@ import os
 import shlex
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from bnstudy import records
+from bnstudy import kernels, records
 from bnstudy.accel import resolve_precision
-from bnstudy.collect import VARIANT, ResultsError, collect
 from bnstudy.config import (
     CONF_DIR,
     SCHEMA_SUFFIX,
@@ -34,12 +32,12 @@ from bnstudy.config import (
     validate,
 )
 from bnstudy.controls import DEFAULTS, variant_label
-from bnstudy.data import load_dataset
 from bnstudy.errors import PROG, USER_ERRORS, exit_with
 from bnstudy.optim import OPTIMIZERS
-from bnstudy.parts import build_model
 from bnstudy.records import BATCH_SIZE, DATASET, MODEL, NORM, WIDTH, RunFolder
-from bnstudy.tuning import TuningError, lr_for
+
+if TYPE_CHECKING:  # torch is imported where used: the config checks come first, without it
+    import torch
 
 
 def load_config(overrides: list[str]) -> DictConfig:
@@ -51,14 +49,24 @@ def load_config(overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def resolved(cfg: Any) -> dict[str, Any]:
-    """The run's config as a plain dict, with `trainer.precision` resolved for this machine:
-    what identifies the run, so "auto" never reaches a record or a hash."""
+def resolved(cfg: Any, device_type: str | None = None) -> dict[str, Any]:
+    """The run's config as a plain dict, with `trainer.precision` resolved for this machine
+    (or for a device of `device_type`): what identifies the run, so "auto" never reaches a
+    record or a hash."""
     job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     config = OmegaConf.to_container(job, resolve=True)
     assert isinstance(config, dict)
-    device = resolve_device(cfg.device.name)
+    if device_type is None:
+        device = resolve_device(cfg.device.name)
+    else:  # the device a recorded run trained on, which this machine need not have
+        import torch
+
+        device = torch.device(device_type)
     config["trainer"]["precision"] = resolve_precision(device, cfg.trainer.precision)
+    # The CPU's kernels and threads change a CPU run's numbers, and nothing of a GPU run's.
+    on_cpu = device.type == "cpu"
+    config["trainer"]["cpu_kernels"] = kernels.resolved(cfg.trainer.cpu_kernels) if on_cpu else None
+    config["trainer"]["cpu_threads"] = cfg.trainer.cpu_threads if on_cpu else None
     return config
 
 
@@ -109,12 +117,18 @@ def _parameter_count(model: str, norm: str, dataset: str) -> int:
     counted on the meta device without allocating them; once per architecture of a sweep."""
     cfg = OmegaConf.create({"model": json.loads(model), "norm": json.loads(norm)})
     cfg.dataset = {"name": dataset}
+    import torch
+
+    from bnstudy.parts import build_model
+
     with torch.device("meta"):
         return sum(p.numel() for p in build_model(cfg).parameters())
 
 
 def _free_memory(device: torch.device) -> int | None:
     if device.type == "cuda":
+        import torch
+
         return torch.cuda.mem_get_info(device)[0]
     if device.type == "cpu":
         try:
@@ -130,7 +144,12 @@ def check(cfg: Any) -> dict[str, Any]:
     """Every check that needs no run folder; returns the resolved config (see `resolved`)."""
     validate(cfg)
     check_output_root(cfg.paths.output_root)
-    check_memory(cfg, resolve_device(cfg.device.name))  # before reading (or fetching) data
+    device = resolve_device(cfg.device.name)
+    if device.type == "cpu":  # before this process computes anything (bnstudy/kernels.py)
+        kernels.choose(cfg.trainer.cpu_kernels, cfg.trainer.cpu_threads)
+    check_memory(cfg, device)  # before reading (or fetching) data
+    from bnstudy.data import load_dataset
+
     train, _ = load_dataset(
         cfg.dataset.name,
         cfg.dataset.root,
@@ -196,10 +215,16 @@ def check_not_a_grid(config: DictConfig) -> None:
             f"hydra/launcher={launcher} launches the jobs of a sweep; add -m: {command}"
         )
     params = config.hydra.sweeper.get("params") or {}
-    if params:
+    given = {o.split("=", 1)[0].lstrip("+~") for o in task}
+    # The grid's dimensions of several values that the command line does not fix to one:
+    # with all of them given one value, the command names one cell, and runs it.
+    open_dims = [k for k, v in params.items() if "," in str(v) and k not in given]
+    if open_dims:
         asked = next((t for t in task if t.startswith("experiment=")), "this config")
         raise ConfigError(
-            f"{asked} is a grid over {', '.join(params)}; run it as a sweep: {command}"
+            f"{asked} is a grid over {', '.join(open_dims)}; run it as a sweep: {command} (or "
+            f"give {', '.join(open_dims)} one value{' each' if len(open_dims) > 1 else ''} to "
+            "run one cell)"
         )
 
 
@@ -237,6 +262,9 @@ def _tuned_lr(*, _root_: DictConfig) -> float:
         BATCH_SIZE: _root_.batch_size,
         NORM: _root_.norm.name,
     }
+    from bnstudy.collect import VARIANT, ResultsError
+    from bnstudy.tuning import TuningError, lr_for
+
     cell.update({key: OmegaConf.select(_root_, key) for key in DEFAULTS})
     cell[VARIANT] = variant_label(cell)
     try:
@@ -247,6 +275,8 @@ def _tuned_lr(*, _root_: DictConfig) -> float:
 
 @lru_cache(maxsize=4)
 def _search(folder: str) -> Any:
+    from bnstudy.collect import collect
+
     runs, _ = collect(Path(folder).expanduser())
     return runs
 

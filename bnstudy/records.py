@@ -111,6 +111,8 @@ class Summary:
     n_norm_params: int | None = None  # learnable parameters inside normalization layers
     wall_seconds: float = 0.0  # summed over resumed sessions
     device: str = ""
+    cpu: str = ""  # the processor (the machine names it)
+    cpu_isa: str = ""  # the CPU kernels in use: AVX2 (portable on x86-64), AVX512, …
     torch_version: str = ""
     torchvision_version: str = ""
     hydra_version: str = ""

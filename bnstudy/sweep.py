@@ -40,6 +40,10 @@ LOCAL_LAUNCHERS = (
 )
 # The outcomes that mean "rerun the command": the run did not finish.
 UNFINISHED = ("failed", "interrupted", "requeued")
+# Set by the sweep's process for its jobs (inherited by worker processes): how many runs the
+# sweep has and when it started, for each job's "run 3 of 8, ~10 min left" (`progress`).
+SIZE_ENV = "BNSTUDY_SWEEP_SIZE"
+STARTED_ENV = "BNSTUDY_SWEEP_STARTED"
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,31 @@ def record_job(status: str, run_dir: Path, error: str = "", skipped: bool = Fals
     append({"status": status, "run_dir": str(run_dir), "error": error, "skipped": skipped})
 
 
+def progress(job: int, run_left_s: float, run_fraction: float) -> str:
+    """Where the sweep stands, for the epoch lines of its job number `job`: `run 3 of 8 (2
+    done): ~1.5 min left in this run, ~12 min in the sweep`; empty without the sweep's
+    process. The sweep's estimate assumes the runs still to go take as long as the ones so
+    far (the sweep's time per finished run, counting this one's done fraction): rough where
+    cells differ in size."""
+    size, started, ledger = (os.environ.get(k) for k in (SIZE_ENV, STARTED_ENV, LEDGER_ENV))
+    if not (size and started and ledger):
+        return ""
+    done = len(outcomes(read_ledger(Path(ledger))))
+    total, elapsed = int(size), time.time() - float(started)
+    text = f"run {job + 1} of {total} ({done} done): ~{_duration(run_left_s)} left"
+    progress_runs = done + run_fraction
+    if total - done > 1 and progress_runs > 0:
+        sweep_left = (total - progress_runs) * elapsed / progress_runs
+        text += f" in this run, ~{_duration(sweep_left)} in the sweep"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 def report(entries: list[dict[str, Any]], submitted: list[dict[str, Any]] = ()) -> str:
     """A few lines: how many runs ended how, where the unfinished ones are and why; and the
     jobs submitted to a scheduler that this process did not wait for."""
@@ -195,13 +224,15 @@ class SweepReport(Callback):
         ledger = folder / f"{stem}.jsonl"
         ledger.touch()
         os.environ[LEDGER_ENV] = str(ledger)
+        os.environ[SIZE_ENV], os.environ[STARTED_ENV] = str(len(cells)), str(time.time())
         if runs_here(config):
             # Jobs in processes of their own (joblib, submitit_local) stop when this one ends.
             # Jobs on a cluster are the scheduler's: they must outlive the submitting shell.
             os.environ[OWNER_ENV] = str(os.getpid())
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        os.environ.pop(OWNER_ENV, None)
+        for key in (OWNER_ENV, SIZE_ENV, STARTED_ENV):
+            os.environ.pop(key, None)
         _PLANNED.clear()
         ledger = os.environ.pop(LEDGER_ENV, None)
         if ledger is None:

@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# Set up, then run the linter and the whole test suite (CPU only, several minutes), then the
-# end-to-end tests that depend on the CPU's kernels (marker `kernels`: training, compile,
-# resume, evaluate, the small-width regression) again on the AVX2 kernels (oneDNN and ATen
-# capped at AVX2), so a machine with AVX-512 also checks what an AVX2-only CPU runs.
+# Set up, then run the linter and the whole test suite (CPU only). Every test computes with
+# bnstudy's portable CPU kernels (AVX2, two threads: bnstudy/kernels.py), so an AVX-512 machine
+# checks what an AVX2-only one runs; tests/test_portability.py checks that the machine's own
+# kernels and a capped run give the same bytes.
+#
+# As root it also brings up a real single-node SLURM cluster (scripts/slurm_local.sh) for the
+# tests marked `slurm`, which must then pass (BNSTUDY_REQUIRE_SLURM), and stops it at the end.
+# Without root those tests are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
 "$PYTHON" -m ruff check .
 "$PYTHON" -m ruff format --check .
+
+if [ "$(id -u)" = 0 ]; then
+  bash scripts/slurm_local.sh up
+  trap 'bash scripts/slurm_local.sh down' EXIT
+  export SLURM_CONF=${BNSTUDY_SLURM_DIR:-/tmp/bnstudy-slurm}/slurm.conf BNSTUDY_REQUIRE_SLURM=1
+fi
 "$PYTHON" -m pytest -q "$@"
-echo "kernel-dependent tests again on the AVX2 kernels (ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2):"
-# A cache of its own for torch.compile: inductor's cache key does not include
-# ATEN_CPU_CAPABILITY, and kernels built for AVX-512 above give NaNs when reused under avx2.
-inductor_cache=$(mktemp -d)
-trap 'rm -rf "$inductor_cache"' EXIT
-ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 TORCHINDUCTOR_CACHE_DIR="$inductor_cache" \
-  "$PYTHON" -m pytest -q -m kernels "$@"

@@ -16,6 +16,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import bnstudy.run  # noqa: F401  (registers the schema and the run-folder resolver)
+from bnstudy import kernels
+
+# The tests that compute in this process do so with the kernels a run uses by default, chosen
+# before anything is computed (bnstudy/kernels.py); subprocesses choose their own.
+kernels.choose("portable", 2)
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -76,11 +81,14 @@ def tiny_cifar(tmp_path: Path) -> Path:
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, module: str = "bnstudy.run"
+    *args: str,
+    cwd: Path | None = None,
+    module: str = "bnstudy.run",
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """`python -m bnstudy.run ARGS` (or another of bnstudy's commands) in a fresh process, as a
-    user types it."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    user types it (in this environment, or in `env`)."""
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
         [sys.executable, "-m", module, *args],

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnstudy import run as run_module
+from bnstudy import session
 from bnstudy.config import ConfigError, validate
 from bnstudy.init import data_init_affine, fold_norms, lsuv
 from bnstudy.models import RESNETS, BasicBlock, Bottleneck, build_resnet
@@ -164,8 +164,8 @@ def metrics_of(folder: Path) -> list[dict[str, str]]:
 @pytest.mark.parametrize("norm", ["batchnorm", "bnminus"])
 def test_a_run_frozen_after_one_epoch_resumes_across_the_fold_exactly(tmp_path, monkeypatch, norm):
     args = [*TINY, f"norm={norm}", "norm.freeze_after=1", "trainer.epochs=3"]
-    run_module.execute(make_config(*args), tmp_path / "straight")
-    real_fit = run_module.fit
+    session.execute(make_config(*args), tmp_path / "straight")
+    real_fit = session.fit
 
     def fit_then_ctrl_c(*a, on_epoch_end, **k):
         def end(m):
@@ -175,11 +175,11 @@ def test_a_run_frozen_after_one_epoch_resumes_across_the_fold_exactly(tmp_path, 
 
         return real_fit(*a, on_epoch_end=end, **k)
 
-    monkeypatch.setattr(run_module, "fit", fit_then_ctrl_c)
+    monkeypatch.setattr(session, "fit", fit_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
-        run_module.execute(make_config(*args), tmp_path / "resumed")
+        session.execute(make_config(*args), tmp_path / "resumed")
     monkeypatch.undo()
-    assert run_module.execute(make_config(*args), tmp_path / "resumed").status == "completed"
+    assert session.execute(make_config(*args), tmp_path / "resumed").status == "completed"
     assert metrics_of(tmp_path / "resumed") == metrics_of(tmp_path / "straight")
 
 

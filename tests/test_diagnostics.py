@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnstudy import run as run_module
+from bnstudy import session
 from bnstudy.diagnostics import layer_stats, probe_of
 from bnstudy.norms import NORM_LAYER_TYPES
 from bnstudy.parts import build_model, build_parts
@@ -137,21 +137,21 @@ def test_a_runs_layers_csv_holds_init_and_every_epoch_as_its_model_computes(tmp_
 
 def test_an_interrupted_or_torn_run_resumes_to_the_same_layers_csv(tmp_path, monkeypatch):
     cfg = make_config(*TINY, "trainer.epochs=3")
-    run_module.execute(cfg, tmp_path / "straight")
+    session.execute(cfg, tmp_path / "straight")
     interrupt_after_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        run_module.execute(cfg, tmp_path / "resumed")
+        session.execute(cfg, tmp_path / "resumed")
     monkeypatch.undo()
     # A crash while appending epoch 3's rows leaves part of a line (rows are appended).
     with open(tmp_path / "resumed" / "layers.csv", "a") as f:
         f.write("3e1a9b0c,fashion_mnist,resnet18,8,batchn")
     assert len(RunFolder(tmp_path / "resumed").read_layers()) > 0  # the torn line left out
-    run_module.execute(cfg, tmp_path / "resumed")
+    session.execute(cfg, tmp_path / "resumed")
     straight = (tmp_path / "straight" / "layers.csv").read_text()
     assert (tmp_path / "resumed" / "layers.csv").read_text() == straight
     assert sorted({r.epoch for r in RunFolder(tmp_path / "resumed").read_layers()}) == [0, 1, 2, 3]
 
 
 def test_diagnostics_off_writes_no_layers_csv(tmp_path: Path):
-    run_module.execute(make_config(*TINY, "trainer.diagnostics=false"), tmp_path)
+    session.execute(make_config(*TINY, "trainer.diagnostics=false"), tmp_path)
     assert (tmp_path / "metrics.csv").is_file() and not (tmp_path / "layers.csv").exists()

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from bnstudy import run as run_module
+from bnstudy import session
 from bnstudy.gpus import claim_gpu
 from bnstudy.norms import norm_parameters
 from bnstudy.parts import build_parts
@@ -78,10 +78,10 @@ def test_a_run_that_raises_is_recorded_as_failed_with_its_error(tmp_path, monkey
     def broken_fit(*args, **kwargs):
         raise RuntimeError("CUDA error: an illegal memory access\nsecond line")
 
-    monkeypatch.setattr(run_module, "fit", broken_fit)
+    monkeypatch.setattr(session, "fit", broken_fit)
     cfg = make_config(*TINY)
     with pytest.raises(RuntimeError):
-        run_module.execute(cfg, tmp_path)
+        session.execute(cfg, tmp_path)
     with open(tmp_path / "summary.csv", newline="") as f:
         [row] = list(csv.DictReader(f))
     assert tuple(row)[-len(SUMMARY_COLUMNS) :] == SUMMARY_COLUMNS

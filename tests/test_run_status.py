@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bnstudy import run as run_module
+from bnstudy import run, session
 from bnstudy.errors import OutOfMemory
 from bnstudy.parts import build_parts, checkpoint_state, restore
 from bnstudy.records import RecordsError, RunFolder
@@ -39,9 +39,9 @@ def test_out_of_memory_while_building_is_one_line_and_a_failed_summary(tmp_path,
             "you tried to allocate 4294967296 bytes. Error code 12 (Cannot allocate memory)"
         )
 
-    monkeypatch.setattr(run_module, "build_parts", no_memory)
+    monkeypatch.setattr(session, "build_parts", no_memory)
     with pytest.raises(OutOfMemory, match=r"out of memory \(asked for 4.0 GiB\) with resnet18"):
-        run_module.execute(make_config(*TINY), tmp_path)
+        session.execute(make_config(*TINY), tmp_path)
     row = summary(tmp_path)
     assert row["status"] == "failed" and row["error"].startswith("out of memory (asked for 4.0")
     assert row["trainer.precision"] == "fp32"
@@ -49,7 +49,7 @@ def test_out_of_memory_while_building_is_one_line_and_a_failed_summary(tmp_path,
 
 def interrupt_after_epoch(monkeypatch, epoch: int) -> None:
     """Make the next run's `fit` act as if Ctrl-C came right after `epoch` was recorded."""
-    real_fit = run_module.fit
+    real_fit = session.fit
 
     def fit(*args, on_epoch_end, **kwargs):
         def end(m):
@@ -59,18 +59,18 @@ def interrupt_after_epoch(monkeypatch, epoch: int) -> None:
 
         return real_fit(*args, on_epoch_end=end, **kwargs)
 
-    monkeypatch.setattr(run_module, "fit", fit)
+    monkeypatch.setattr(session, "fit", fit)
 
 
 def test_ctrl_c_is_recorded_as_interrupted_and_the_rerun_resumes(tmp_path, monkeypatch):
     cfg = make_config(*TINY, "trainer.epochs=3")
     interrupt_after_epoch(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
-        run_module.execute(cfg, tmp_path)
+        session.execute(cfg, tmp_path)
     assert summary(tmp_path)["status"] == "interrupted"
     assert epochs_on_disk(tmp_path) == ["1"]
     monkeypatch.undo()
-    outcome = run_module.execute(cfg, tmp_path)
+    outcome = session.execute(cfg, tmp_path)
     assert outcome.status == "completed" and not outcome.skipped
     assert epochs_on_disk(tmp_path) == ["1", "2", "3"]
 
@@ -79,7 +79,7 @@ def test_ctrl_c_is_recorded_as_interrupted_and_the_rerun_resumes(tmp_path, monke
 KILL_AT = """
 import os, signal, sys
 from pathlib import Path
-from bnstudy import run
+from bnstudy import session
 from bnstudy.records import RunFolder
 from tests.conftest import TINY, make_config
 
@@ -97,7 +97,7 @@ if sys.argv[2] == "before the checkpoint is dropped":
     RunFolder.drop_checkpoint = kill
 else:
     RunFolder.write_summary = write_unless_completed
-run.execute(make_config(*TINY), Path(sys.argv[1]))
+session.execute(make_config(*TINY), Path(sys.argv[1]))
 """
 
 
@@ -111,7 +111,7 @@ def test_a_kill_before_the_checkpoint_is_dropped_does_not_retrain(tmp_path):
     killed_at(tmp_path, "before the checkpoint is dropped")
     assert summary(tmp_path)["status"] == "completed"
     assert (tmp_path / "checkpoint.pt").is_file()
-    outcome = run_module.execute(make_config(*TINY), tmp_path)
+    outcome = session.execute(make_config(*TINY), tmp_path)
     assert outcome.skipped and outcome.status == "completed"
     assert not (tmp_path / "checkpoint.pt").exists()  # the leftover is cleaned up
 
@@ -122,8 +122,8 @@ def test_a_kill_between_saving_the_model_and_the_summary_does_not_retrain(tmp_pa
     assert summary(tmp_path)["status"] == "running"
     assert (tmp_path / "model.pt").is_file() and (tmp_path / "checkpoint.pt").is_file()
     trained = []
-    monkeypatch.setattr(run_module, "fit", lambda *a, **k: trained.append(k["start_epoch"]))
-    assert run_module.execute(make_config(*TINY), tmp_path).status == "completed"
+    monkeypatch.setattr(session, "fit", lambda *a, **k: trained.append(k["start_epoch"]))
+    assert session.execute(make_config(*TINY), tmp_path).status == "completed"
     assert trained == [3]  # resumed after the last epoch: nothing left to train
     assert epochs_on_disk(tmp_path) == ["1", "2"] and summary(tmp_path)["epochs_done"] == "2"
     assert not (tmp_path / "checkpoint.pt").exists()
@@ -134,7 +134,7 @@ def test_a_run_locked_by_another_process_exits_with_its_own_status(tmp_path):
     with RunFolder(folder).lock() as held:
         assert held
         result = run_cli(*TINY, f"paths.output_root={tmp_path}")
-    assert result.returncode == run_module.EXIT_LOCKED == 3
+    assert result.returncode == run.EXIT_LOCKED == 3
     assert "is being trained by another process" in result.stderr
     assert not (folder / "summary.csv").exists()
 
@@ -194,7 +194,7 @@ def test_a_checkpoint_round_trip_restores_the_next_epoch(parts_and_state):
 
 
 def test_the_cosine_schedule_sets_every_epochs_learning_rate(tmp_path):
-    run_module.execute(make_config(*TINY, "trainer.epochs=4"), tmp_path)
+    session.execute(make_config(*TINY, "trainer.epochs=4"), tmp_path)
     with open(tmp_path / "metrics.csv", newline="") as f:
         lrs = [float(row["epoch_lr"]) for row in csv.DictReader(f)]
     # lr_e = 0.1 · (1 + cos(π·(e−1)/4)) / 2 for epochs e = 1..4

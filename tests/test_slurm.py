@@ -266,6 +266,8 @@ def test_a_job_that_can_never_start_stops_the_sweep_in_one_line(tmp_path):
     result = run_cli(
         "-m", *SLURM, "hydra.launcher.partition=short", *TINY, f"paths.output_root={tmp_path}"
     )
-    assert_one_line(result, "can never start as asked (pending: PartitionTimeLimit)")
+    # SLURM gives PartitionConfig or PartitionTimeLimit as the reason.
+    assert_one_line(result, "can never start as asked (pending: Partition")
+    assert "cancelled this sweep's 1 pending job; fix hydra.launcher" in result.stderr
     job = job_of(tmp_path)
     assert squeue(job) == ("", "")  # cancelled, not left in the queue

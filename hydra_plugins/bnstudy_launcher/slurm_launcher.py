@@ -127,10 +127,11 @@ class BnstudySlurmLauncher(SlurmLauncher):
                 pending = [j for j in ids if queue.get(j, ("",))[0] == "PENDING"]
                 slurm.cancel(pending)
                 job, reason = next(iter(stuck.items()))
+                jobs_text = f"{len(pending)} pending job" + ("s" if len(pending) != 1 else "")
                 raise ConfigError(
                     f"SLURM job {job} ({ids[job].name}) can never start as asked (pending: "
-                    f"{reason}); cancelled this sweep's {len(pending)} pending jobs; fix "
-                    "hydra.launcher (partition, timeout_min, account, qos, resources) and rerun"
+                    f"{reason}); cancelled this sweep's {jobs_text}; fix hydra.launcher "
+                    "(partition, timeout_min, account, qos, resources) and rerun"
                 )
             if time.monotonic() - said > PROGRESS_S:
                 states = [queue.get(j, ("ended", ""))[0].lower() for j in ids]
