@@ -13,7 +13,14 @@ import torch
 
 from bnstudy import preflight, records
 from bnstudy.records import RunFolder, Summary
-from tests.conftest import TINY, make_config, run_cli, write_fashion_mnist, write_idx
+from tests.conftest import (
+    TINY,
+    make_config,
+    run_cli,
+    write_fashion_mnist,
+    write_idx,
+    write_run,
+)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, message: str) -> str:
@@ -111,6 +118,22 @@ def test_a_sweep_with_a_cell_that_cannot_run_is_refused_naming_the_cell(tmp_path
         "1 of 2 cells of this sweep cannot run, e.g. batch_size=1000: batch_size=1000 exceeds the "
         "192 training images",
     )
+    assert not root.exists()
+
+
+def test_a_tuned_grid_with_one_cell_not_searched_is_refused_before_anything_trains(tmp_path):
+    # A search of batchnorm only (the real records of a finished run): the tuned grid's affine
+    # cell has no lr to read, and the sweep's first (batchnorm) cell must not train meanwhile.
+    search = tmp_path / "search"
+    sizes = ("dataset=fashion_mnist", "model.width=8", "trainer.epochs=2", "data.val_size=64")
+    write_run(search, "batchnorm", 64, 0, [50.0, 60.0], val_accs=[40.0, 55.0], overrides=sizes)
+    root = tmp_path / "tuned"
+    result = run_cli(
+        "-m", "experiment=paper_tuned", *TINY, "model=resnet18", "norm=batchnorm,affine",
+        "batch_size=64", "seed=0", f"tuning.from={search}", f"paths.output_root={root}",
+    )  # fmt: skip
+    assert_one_line_error(result, "1 of 2 cells of this sweep cannot run, e.g. norm=affine:")
+    assert f"tuning.from={search}: no completed lr search for" in result.stderr
     assert not root.exists()
 
 

@@ -134,3 +134,18 @@ def test_works_from_another_directory(tmp_path):
     result = run_cli(*TINY, "trainer.epochs=1", "paths.output_root=rel", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert only_run(tmp_path / "rel").is_dir()
+
+
+def test_an_experiment_with_every_swept_key_given_one_value_is_one_run(tmp_path):
+    # experiment=quickstart sweeps norm and batch_size; with one value each it names one cell.
+    result = run_cli(
+        "experiment=quickstart", *TINY, "norm=none", "batch_size=64", "data.val_size=0",
+        f"paths.output_root={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    run = only_run(tmp_path)
+    assert run.name.startswith("resnet18-w8-none-bs64-seed0-")
+    # No validation split: its accuracy is left out of the epoch lines, not logged as nan.
+    epochs = [line for line in (run / "run.log").read_text().splitlines() if " - epoch " in line]
+    assert len(epochs) == 2 and all("val acc" not in line and "nan" not in line for line in epochs)
+    assert all(" test loss " in line for line in epochs)

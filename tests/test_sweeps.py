@@ -58,6 +58,12 @@ def test_a_small_grid_gives_one_run_per_cell_and_a_report(tmp_path):
     ]
     assert {r["status"] for r in rows.values()} == {"completed"}
     assert "sweep finished: 4 runs: 4 completed" in result.stdout
+    # Each epoch line says where the sweep stands (in the run's log and on the terminal).
+    logs = {p.parent.name: p.read_text() for p in tmp_path.rglob("run.log")}
+    [first] = [text for name, text in logs.items() if "-batchnorm-bs32-" in name]
+    assert "| run 1 of 4 (0 done): ~" in first and " in the sweep" in first
+    [last] = [text for name, text in logs.items() if "-none-bs64-" in name]
+    assert "| run 4 of 4 (3 done): ~" in last
     again = run_cli(*args)
     assert again.returncode == 0
     assert "sweep finished: 4 runs: 4 completed (4 already done before this sweep)" in again.stdout
@@ -139,7 +145,8 @@ def test_a_run_that_fails_while_running_does_not_stop_the_sweep(tmp_path):
     result = run_cli("-m", *args, "norm=batchnorm,none")
     assert result.returncode == 1
     assert "sweep finished: 2 runs: 1 completed, 1 failed" in result.stdout
-    assert f"failed: {damaged}: {damaged / 'checkpoint.pt'}: cannot be read" in result.stdout
+    failed = f"failed: {damaged}: {damaged / 'checkpoint.pt'}: "
+    assert failed in result.stdout and "delete it to restart the run" in result.stdout
     assert summaries(tmp_path)[("batchnorm", "64")]["status"] == "completed"
     assert summaries(tmp_path)[("none", "64")]["status"] == "failed"
     assert "rerun the same command to resume or retry the unfinished runs" in result.stdout
