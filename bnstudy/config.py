@@ -97,6 +97,10 @@ class TrainerConfig:
     channels_last: bool | None = None
     compile: str = "none"  # none, default, reduce-overhead (CUDA graphs), max-autotune
     cudnn_benchmark: bool = True
+    # CUDA: deterministic cuDNN kernels and no cudnn.benchmark, so that the same config on the
+    # same GPU repeats bit for bit (a resumed run included), at some speed. The CPU's kernels
+    # already repeat on the same processor and thread count.
+    deterministic: bool = False
     # all, or norm: only γ, β and the classifier learn; every conv stays at its random init.
     train_only: str = DEFAULTS["trainer.train_only"]
     # layers.csv: γ, β, activations on a fixed probe batch and gradient norms per layer, at

@@ -102,6 +102,7 @@ def fast_paths(cfg: DictConfig, device: torch.device) -> FastPaths:
         cfg.trainer.compile,
         cfg.trainer.cudnn_benchmark,
         cfg.model.width,
+        deterministic=cfg.trainer.deterministic,
     )
 
 
