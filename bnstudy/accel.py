@@ -1,4 +1,5 @@
-"""Fast paths: mixed precision, channels_last, cudnn.benchmark and torch.compile.
+"""Fast paths: mixed precision, channels_last, cudnn.benchmark and torch.compile; and the
+deterministic kernels that make a GPU run repeat bit for bit.
 
 Each is a `trainer.*` key. On a GPU the defaults ("auto"/null) pick the fastest choice; on the
 CPU they pick fp32 and NCHW on every processor, because the fast CPU choices depend on it: bf16
@@ -36,6 +37,7 @@ class FastPaths:
     channels_last: bool
     compile: str
     cudnn_benchmark: bool
+    deterministic: bool = False  # CUDA: only deterministic cuDNN kernels, chosen without timing
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -71,6 +73,7 @@ def resolve_fast_paths(
     compile: str = "none",
     cudnn_benchmark: bool = True,
     width: int = 64,
+    deterministic: bool = False,
 ) -> FastPaths:
     """Turn the trainer's fast-path keys into concrete choices for `device` and a model of
     first-stage `width`."""
@@ -100,7 +103,11 @@ def resolve_fast_paths(
             f"{CPU_CHANNELS_LAST_MIN_WIDTH} (oneDNN's channels_last convolutions crash on AVX2 "
             f"CPUs below that, here model.width={width}); use trainer.channels_last=false"
         )
-    return FastPaths(precision, channels_last, compile, cudnn_benchmark)
+    # cudnn.benchmark times the candidate kernels in each process, so two processes (a run and
+    # its resumed rest) may pick different ones and round differently: off when determinism is
+    # asked for.
+    cudnn_benchmark = cudnn_benchmark and not deterministic
+    return FastPaths(precision, channels_last, compile, cudnn_benchmark, deterministic)
 
 
 def fast_paths(cfg: Any, device: torch.device) -> FastPaths:
@@ -112,6 +119,7 @@ def fast_paths(cfg: Any, device: torch.device) -> FastPaths:
         cfg.trainer.compile,
         cfg.trainer.cudnn_benchmark,
         cfg.model.width,
+        deterministic=cfg.trainer.deterministic,
     )
 
 
@@ -120,6 +128,8 @@ def apply_global_flags(paths: FastPaths, device: torch.device) -> None:
         import torch
 
         torch.backends.cudnn.benchmark = paths.cudnn_benchmark
+        # Some of cuDNN's fastest kernels add in a different order on every call (atomics).
+        torch.backends.cudnn.deterministic = paths.deterministic
         # TF32 only matters for fp32 steps; mixed precision does not use it.
         torch.backends.cuda.matmul.allow_tf32 = paths.precision != "fp32"
         torch.backends.cudnn.allow_tf32 = paths.precision != "fp32"

@@ -1,19 +1,20 @@
 """Training speed of bnstudy against the loop a researcher would write by hand.
 
     python -m bnstudy.bench model=resnet18 batch_size=64 device=cpu [--steps 20] [--variants]
+        [--profile 15]
 
 Takes the same overrides as `bnstudy.run`. Measures steady-state training images/s (after
 warm-up steps), time per step and peak memory for bnstudy's training path and for the
 reference loop (a torchvision dataset, per-image transforms, a DataLoader, the same model and
 SGD in fp32) on the same model, data and device; prints a table with their ratio, writes it
 as CSV, and estimates the time of the full paper grid on this device. Each measurement runs in
-a fresh process, so its peak memory is its own.
+a fresh process, so its peak memory is its own. `--profile N` lists the N kernels (CUDA) or
+operators (CPU) that take the most time, from torch.profiler, and writes them as CSV.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
 import multiprocessing
 import os
@@ -21,6 +22,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from bnstudy.data import DATASETS, DatasetError
 from bnstudy.diagnostics import layer_stats, probe_of
 from bnstudy.errors import first_line, one_line
 from bnstudy.kernels import KERNELS
+from bnstudy.loader import GpuLoader
 from bnstudy.norms import NORMS
 from bnstudy.parts import build_model, build_optimizer, build_parts
 from bnstudy.preflight import load_config, resolved
@@ -46,6 +49,10 @@ COLUMNS = (
     "path", "device", "model", "width", "norm", "batch_size", "precision", "channels_last",
     "compile", "cpu_kernels", "images_per_s", "ms_per_step", "peak_memory_mb", "vs_reference",
 )  # fmt: skip
+PROFILE_COLUMNS = ("kernel", "calls", "total_ms", "share_pct", "busy_pct", "wall_ms", "steps")
+# Steps that torch.profiler records after the timed ones (at most --steps): a steady state,
+# and a short trace.
+PROFILE_STEPS = 10
 
 
 # ------------------------------------------------------------------------ measurements
@@ -74,12 +81,22 @@ def _timed(step: Any, device: torch.device, warmup: int, steps: int) -> float:
     return (time.perf_counter() - started) / steps
 
 
-def measure_bnstudy(cfg: DictConfig, warmup: int, steps: int) -> dict[str, Any]:
-    """bnstudy's training path: on-device loader, fast paths, `train_step`."""
+def _endless(loader: GpuLoader) -> Iterator[Any]:
+    """The loader's batches epoch after epoch, each epoch a new permutation (itertools.cycle
+    would keep every batch of the first epoch on the device, inflating the peak memory)."""
+    while True:
+        yield from loader
+
+
+def measure_bnstudy(
+    cfg: DictConfig, warmup: int, steps: int, profile_top: int = 0
+) -> dict[str, Any]:
+    """bnstudy's training path: on-device loader, fast paths, `train_step`; with
+    `profile_top`, the top kernels of a few more steps (`top_kernels`)."""
     device = resolve_device(cfg.device.name)
     parts = build_parts(cfg, device)
     parts.train_model.train()
-    batches = itertools.cycle(parts.train_loader)  # epochs restart with a new permutation
+    batches = _endless(parts.train_loader)
 
     def step() -> None:
         x, y = next(batches)
@@ -88,6 +105,9 @@ def measure_bnstudy(cfg: DictConfig, warmup: int, steps: int) -> dict[str, Any]:
         )
 
     seconds = _timed(step, device, warmup, steps)
+    profile = None
+    if profile_top:
+        profile = top_kernels(step, device, min(PROFILE_STEPS, steps), profile_top)
     # What trainer.diagnostics adds to each epoch: one layers.csv record, on the gradients
     # the last step left, computed and appended to the file as a run does.
     probe, _ = probe_of(parts, cfg)
@@ -111,6 +131,46 @@ def measure_bnstudy(cfg: DictConfig, warmup: int, steps: int) -> dict[str, Any]:
         "ms_per_step": 1000 * seconds,
         "peak_memory_mb": _peak_memory_mb(device),
         "train_images": len(parts.train_loader.images),
+        "profile": profile,
+    }
+
+
+def top_kernels(step: Callable[[], None], device: torch.device, steps: int, top: int) -> dict:
+    """The `top` kernels (CUDA) or operators (CPU) by their own time over `steps` calls of
+    `step`, and the share of the wall time they kept the device busy: a GPU that is busy
+    half the time waits on the CPU (launches, Python), not on its kernels."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    on_gpu = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    try:
+        _sync(device)
+        with profile(activities=activities) as prof:
+            started = time.perf_counter()
+            for _ in range(steps):
+                step()
+            _sync(device)
+            wall_us = (time.perf_counter() - started) * 1e6
+        if on_gpu:  # kernels, copies and memsets, timed on the GPU
+            timed = [(e, e.self_device_time_total) for e in prof.key_averages()]
+            timed = [(e, t) for e, t in timed if e.device_type == DeviceType.CUDA and t > 0]
+        else:
+            timed = [(e, e.self_cpu_time_total) for e in prof.key_averages()]
+            timed = [(e, t) for e, t in timed if t > 0]
+    except Exception as e:  # a profiler that fails must not lose the measurement before it
+        return {"error": first_line(e)}
+    total = sum(t for _, t in timed) or 1.0
+    timed.sort(key=lambda pair: -pair[1])
+    kernels = [
+        {"kernel": e.key, "calls": e.count, "total_ms": t / 1000, "share_pct": 100 * t / total}
+        for e, t in timed[:top]
+    ]
+    return {
+        "steps": steps,
+        "wall_ms": wall_us / 1000,
+        "busy_pct": 100 * total / wall_us,
+        "kernels": kernels,
     }
 
 
@@ -226,10 +286,12 @@ def _end(child: Any) -> None:
         child.join()
 
 
-def _measure_job(kind: str, overrides: list[str], warmup: int, steps: int, workers: int):
+def _measure_job(
+    kind: str, overrides: list[str], warmup: int, steps: int, workers: int, profile_top: int = 0
+):
     cfg = load_config(overrides)
     if kind == "bnstudy":
-        row = measure_bnstudy(cfg, warmup, steps)
+        row = measure_bnstudy(cfg, warmup, steps, profile_top)
     else:
         row = measure_reference(cfg, warmup, steps, workers)
     device = resolve_device(cfg.device.name)
@@ -330,6 +392,15 @@ def main(argv: list[str] | None = None) -> int:
         help="on the CPU, time bnstudy with the portable (AVX2) and the native kernels",
     )
     parser.add_argument("--out", type=Path, help="CSV file (default outputs/bench/...csv)")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help=f"list the N kernels (CUDA) or operators (CPU) with the most time over up to "
+        f"{PROFILE_STEPS} more steps of the first config (torch.profiler); also written to "
+        "<out>-profile.csv",
+    )
     args, overrides = parser.parse_known_args(argv)
     try:
         cfg = load_config(overrides)
@@ -346,10 +417,17 @@ def main(argv: list[str] | None = None) -> int:
         jobs.append(("reference", [*overrides, "trainer.cpu_kernels=native"]))
     rows = []
     try:
-        for kind, job_overrides in jobs:
+        for i, (kind, job_overrides) in enumerate(jobs):
+            profile_top = args.profile if i == 0 else 0
             rows.append(
                 _in_fresh_process(
-                    _measure_job, kind, job_overrides, args.warmup, args.steps, args.workers
+                    _measure_job,
+                    kind,
+                    job_overrides,
+                    args.warmup,
+                    args.steps,
+                    args.workers,
+                    profile_top,
                 )
             )
     except (ConfigError, DatasetError) as e:
@@ -390,7 +468,29 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(out, COLUMNS, [{c: row.get(c, "") for c in COLUMNS} for row in rows])
     print(f"written: {out}")
+    if rows[0].get("profile"):
+        report_profile(rows[0], out.with_name(f"{out.stem}-profile.csv"))
     return 0
+
+
+def report_profile(row: dict[str, Any], out: Path) -> None:
+    """Print the profile of `row`'s config and write it to `out` (PROFILE_COLUMNS)."""
+    profile = row["profile"]
+    if "error" in profile:
+        print(f"profile of norm={row['norm']}: torch.profiler failed: {profile['error']}")
+        return
+    what = "kernels kept the GPU" if row["device"].startswith("cuda") else "operators kept the CPU"
+    print(
+        f"profile of norm={row['norm']} (torch.profiler, {profile['steps']} steps after the "
+        f"timed ones): {what} busy {profile['busy_pct']:.1f}% of {profile['wall_ms']:,.1f} ms"
+    )
+    print(f"{'share %':>8}  {'total ms':>9}  {'calls':>6}  kernel")
+    for k in profile["kernels"]:
+        name = k["kernel"] if len(k["kernel"]) <= 100 else k["kernel"][:97] + "..."
+        print(f"{k['share_pct']:8.1f}  {k['total_ms']:9.2f}  {k['calls']:6d}  {name}")
+    shared = {c: profile[c] for c in ("busy_pct", "wall_ms", "steps")}
+    write_csv(out, PROFILE_COLUMNS, [{**k, **shared} for k in profile["kernels"]])
+    print(f"written: {out}")
 
 
 if __name__ == "__main__":

@@ -101,6 +101,10 @@ class TrainerConfig:
     cpu_kernels: str = "portable"
     # Intra-op threads of a CPU run: fixed, because the threads split (and order) the sums.
     cpu_threads: int = 2
+    # CUDA: deterministic cuDNN kernels and no cudnn.benchmark, so that the same config on the
+    # same GPU repeats bit for bit (a resumed run included), at some speed. The CPU's kernels
+    # already repeat on the same processor and thread count.
+    deterministic: bool = False
     # all, or norm: only γ, β and the classifier learn; every conv stays at its random init.
     train_only: str = DEFAULTS["trainer.train_only"]
     # layers.csv: γ, β, activations on a fixed probe batch and gradient norms per layer, at

@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from bnstudy import kernels
-from bnstudy.accel import fast_paths
+from bnstudy.accel import apply_global_flags, fast_paths
 from bnstudy.config import CONF_DIR, resolve_device
 from bnstudy.data import DATASETS, load_dataset
 from bnstudy.errors import USER_ERRORS, one_line
@@ -88,6 +88,9 @@ def evaluate_run(run_dir: Path, overrides: list[str]) -> tuple[str, bool]:
     if device.type == "cpu":  # the kernels the run trained with, where it trained on the CPU
         kernels.choose(cfg.trainer.cpu_kernels, cfg.trainer.cpu_threads)
     fast = fast_paths(cfg, device)
+    # As the run computed: on CUDA an fp32 run's convolutions ran without TF32, and PyTorch's
+    # default (TF32 on for cuDNN) would round them otherwise.
+    apply_global_flags(fast, device)
     model = build_model(cfg).to(device)
     if cfg.norm.freeze_after is not None:
         fold_norms(model)  # the saved model was folded during training

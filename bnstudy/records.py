@@ -139,6 +139,7 @@ NON_IDENTITY_KEYS = (
     "trainer.channels_last",
     "trainer.compile",
     "trainer.cudnn_benchmark",
+    "trainer.deterministic",
     "data.eval_batch_size",
 )
 # The identity keys that name a run's folder and head the results' tables.

@@ -14,8 +14,10 @@ from bnstudy.data import DATASETS, Split
 from bnstudy.loader import GpuLoader
 from bnstudy.models import build_resnet
 from bnstudy.norms import NORMS, make_norm
+from bnstudy.preflight import resolved
+from bnstudy.records import identity
 from bnstudy.train import train_step
-from tests.conftest import REPO, TINY, run_cli
+from tests.conftest import REPO, TINY, make_config, run_cli
 
 CPU = torch.device("cpu")
 
@@ -27,6 +29,14 @@ def test_fp16_and_cuda_graphs_are_refused_on_the_cpu():
         resolve_fast_paths(CPU, compile="reduce-overhead")
     with pytest.raises(FastPathError, match="bf16 is not supported on mps"):
         resolve_fast_paths(torch.device("mps"), precision="bf16")
+
+
+def test_deterministic_turns_cudnn_benchmark_off_and_keeps_the_run_identity():
+    # cudnn.benchmark times kernels in each process: two processes may pick different ones.
+    assert not resolve_fast_paths(CPU, deterministic=True).cudnn_benchmark
+    assert resolve_fast_paths(CPU).cudnn_benchmark and not resolve_fast_paths(CPU).deterministic
+    plain = identity(resolved(make_config(*TINY)))
+    assert identity(resolved(make_config(*TINY, "trainer.deterministic=true"))) == plain
 
 
 def train_a_few_steps(
