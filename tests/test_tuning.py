@@ -6,9 +6,12 @@ import subprocess
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from scipy import stats
 
 from bnstudy.collect import VARIANT, collect, with_asked
+from bnstudy.config import ConfigError, validate
 from bnstudy.errors import one_line
 from bnstudy.optim import make_schedule
 from bnstudy.parts import build_parts
@@ -21,7 +24,7 @@ from bnstudy.tuning import (
     chosen_lrs,
     tuned_table,
 )
-from tests.conftest import TINY, make_config, read_table, run_cli, write_grid, write_run
+from tests.conftest import CONF, TINY, make_config, read_table, run_cli, write_grid, write_run
 
 CPU = torch.device("cpu")
 
@@ -186,7 +189,7 @@ def test_lr_search_then_the_tuned_paper_grid_through_the_cli(tmp_path):
         f"paths.output_root={tmp_path / 'none'}",
     )
     assert refused.returncode == 2
-    assert "no completed lr search for" in refused.stderr and "variant=affine" in refused.stderr
+    assert "no lr search for" in refused.stderr and "variant=affine" in refused.stderr
     assert not (tmp_path / "none").exists()
 
 
@@ -314,3 +317,68 @@ def test_paper_tuned_refuses_a_variant_that_diverged_at_every_lr_in_one_line(har
     assert "e.g. norm=none" in line and "diverged at every lr (0.05–0.2)" in line
     assert "no lr search" not in line
     assert not out.exists()
+
+
+# --------------------------------------------------------------- the tuning config group
+
+
+def sweep_of(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+LRS = "0.0125,0.025,0.05,0.1,0.2,0.4,0.8"
+
+
+def test_any_grid_is_searched_and_tuned_through_the_tuning_group():
+    paper = dict(sweep_of("experiment=paper").hydra.sweeper.params)
+    # experiment=lr_search is the paper's grid × the lr grid × 3 seeds, on a validation split.
+    search = sweep_of("experiment=lr_search")
+    assert dict(search.hydra.sweeper.params) == {**paper, "seed": "0,1,2", "optim.lr": LRS}
+    assert (search.data.val_size, search.paths.output_root) == (5000, "outputs/lr_search")
+    ablations = sweep_of("experiment=ablations", "tuning=search")
+    params = dict(ablations.hydra.sweeper.params)
+    assert params["optim.lr"] == LRS and params["seed"] == "0,1,2"
+    assert "none_skipinit" in params["ablation"] and ablations.data.val_size == 5000
+    # The tuned grid: each cell's lr read back, seeds 0-2, on every training image.
+    tuned = sweep_of("experiment=ablations", "tuning=tuned", "tuning.from=outputs/lr_search")
+    assert OmegaConf.to_container(tuned.optim)["lr"] == "${bnstudy_tuned_lr:}"
+    assert tuned.hydra.sweeper.params["seed"] == "0,1,2" and tuned.data.val_size == 0
+    paper_tuned = sweep_of("experiment=paper_tuned")
+    assert dict(paper_tuned.hydra.sweeper.params) == {**paper, "seed": "0,1,2"}
+    assert paper_tuned.paths.output_root == "outputs/paper_tuned"
+
+
+def test_a_search_without_a_validation_split_is_refused_with_the_fix():
+    with pytest.raises(ConfigError) as refused:
+        validate(make_config("experiment=paper", "tuning=search", "device=cpu"))
+    assert str(refused.value) == (
+        "tuning=search chooses each lr on the validation split, and data.val_size=0 holds none "
+        "out (experiment=paper trains on every image); add data.val_size=5000, or run "
+        "experiment=lr_search"
+    )
+
+
+@pytest.mark.slow
+def test_the_ablations_controls_are_searched_and_tuned_at_their_own_lr(tmp_path):
+    grid = ["ablation=batchnorm,none_lsuv,none_skipinit", "batch_size=64", "seed=0"]
+    search = tmp_path / "search"
+    result = run_cli(
+        "-m", "tuning=search", *TINY, *grid, "optim.lr=0.02,0.2", f"paths.output_root={search}"
+    )
+    assert result.returncode == 0, result.stderr
+    runs, _ = collect(search)
+    expected = {r[VARIANT]: r["optim.lr"] for _, r in chosen_lrs(runs).iterrows()}
+    assert set(expected) == {
+        "batchnorm",
+        "none + model.init=lsuv",
+        "none + model.zero_init_residual=true",
+    }
+
+    tuned = tmp_path / "tuned"
+    result = run_cli(
+        "-m", "tuning=tuned", *TINY, *grid, f"tuning.from={search}", f"paths.output_root={tuned}"
+    )
+    assert result.returncode == 0, result.stderr
+    final, _ = collect(tuned)
+    assert {r[VARIANT]: r["optim.lr"] for _, r in final.iterrows()} == expected
