@@ -232,7 +232,7 @@ def test_bench_prints_and_writes_both_paths(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "paper grid estimate: 80 runs" in result.stdout
-    assert "lr_search grid estimate: 1,680 runs" in result.stdout
+    assert "lr_search grid estimate: 1680 runs" in result.stdout
     assert "paper_tuned grid estimate: 240 runs" in result.stdout
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
