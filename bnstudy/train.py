@@ -40,6 +40,7 @@ def diagnose(
     if autocast_dtype is None:
         return Diverged(epoch, step, OPTIMIZATION, f"non-finite training loss in {where}")
     name = _NAMES.get(autocast_dtype, str(autocast_dtype))
+    lost = "the weights are no longer finite"
     if all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         with state_kept(model):  # a training-mode pass that updates no running statistics
             if bool(torch.isfinite(model.train()(x.float())).all()):
@@ -50,12 +51,12 @@ def diagnose(
                     f"non-finite logits under {name} autocast in {where}; the same weights "
                     "give finite fp32 logits (number format, not optimization)",
                 )
+        lost = "the weights give non-finite logits in fp32 too"
     return Diverged(
         epoch,
         step,
         OPTIMIZATION,
-        f"non-finite training loss under {name} autocast in {where}; the weights are no "
-        "longer finite (optimization)",
+        f"non-finite training loss under {name} autocast in {where}; {lost} (optimization)",
     )
 
 

@@ -366,6 +366,11 @@ def test_training_only_the_norm_parameters_leaves_every_conv_bit_identical():
             "norm.init=data does not go with model.zero_init_residual=true",
         ),
         (["model.init=orthogonal"], "model.init='orthogonal' is not known"),
+        (
+            ["norm.fold_stats=running"],
+            "norm.fold_stats=running acts at the fold; set norm.freeze_after=K or leave",
+        ),
+        (["norm.freeze_after=1", "norm.fold_into=ghost"], "norm.fold_into='ghost' is not known"),
     ],
 )
 def test_combinations_that_make_no_sense_are_refused_naming_both_keys(overrides, message):
