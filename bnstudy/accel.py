@@ -1,10 +1,11 @@
 """Fast paths: mixed precision, channels_last, cudnn.benchmark and torch.compile; and the
 deterministic kernels that make a GPU run repeat bit for bit.
 
-Each is a `trainer.*` key. On a GPU the defaults ("auto"/null) pick the fastest choice; on the
-CPU they pick fp32 and NCHW on every processor, because the fast CPU choices depend on it: bf16
-is native on some CPUs and emulated on others, and oneDNN's channels_last convolutions hang or
-crash on AVX2-only CPUs at small channel counts. A choice that cannot work on the device is
+Each is a `trainer.*` key. On a GPU the defaults ("auto"/null) pick the fastest choice whose
+range cannot change a result (bf16, never fp16); on the CPU they pick fp32 and NCHW on every
+processor, because the fast CPU choices depend on it: bf16 is native on some CPUs and
+emulated on others, and oneDNN's channels_last convolutions hang or crash on AVX2-only CPUs
+at small channel counts. A choice that cannot work on the device is
 refused with a FastPathError.
 """
 
@@ -53,7 +54,9 @@ class FastPaths:
 
 
 def resolve_precision(device: torch.device, precision: str) -> str:
-    """The precision a run computes in: "auto" becomes bf16 (or fp16) on CUDA, fp32 elsewhere.
+    """The precision a run computes in: "auto" becomes bf16 on CUDA GPUs that support it and
+    fp32 everywhere else, never fp16: fp16's range (65,504) is exceeded by the activations of
+    deep unnormalized networks, which would then "diverge" because of the number format.
 
     This resolved value, never "auto", is part of a run's identity.
     """
@@ -62,7 +65,8 @@ def resolve_precision(device: torch.device, precision: str) -> str:
     if device.type == "cuda":
         import torch
 
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if torch.cuda.is_bf16_supported():
+            return "bf16"
     return "fp32"
 
 

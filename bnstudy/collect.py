@@ -27,6 +27,7 @@ from bnstudy.records import (
     METRICS_FILE,
     MODEL,
     NORM,
+    NUMBER_FORMAT,
     SEED,
     SUMMARY_COLUMNS,
     SUMMARY_FILE,
@@ -43,6 +44,12 @@ VARIANT = "variant"
 MISSING = "missing"
 QUEUED = "queued"  # submitted to SLURM, not started yet
 INTERRUPTED = "interrupted"  # status "running" but no process holds the run's lock
+COMPLETED, DIVERGED = "completed", "diverged"
+# A divergence only the number format caused (fp16/bf16) is its own outcome in every table.
+FORMAT_DIVERGED = f"{DIVERGED} ({NUMBER_FORMAT})"
+ENDED = (COMPLETED, DIVERGED, FORMAT_DIVERGED)  # a result; every other outcome is unfinished
+# The order in which a cell names its outcomes.
+OUTCOMES = (*ENDED, "failed", INTERRUPTED, "requeued", "running", QUEUED, MISSING)
 
 
 class ResultsError(RuntimeError):
@@ -190,7 +197,9 @@ def collect_layers(
     a folder's root is not read back."""
     paths = sorted(p for p in root.rglob(LAYERS_FILE) if (p.parent / SUMMARY_FILE).is_file())
     numeric = tuple(c for c in LAYER_COLUMNS if c not in ("layer", "kind"))
-    layers = _concat_csvs(paths, root, (*REQUIRED, *LAYER_COLUMNS), numeric=numeric, warn=warn)
+    # `groups` came later: a layers.csv without it is still read (its GroupNorm groups unknown).
+    required = (*REQUIRED, *(c for c in LAYER_COLUMNS if c != "groups"))
+    layers = _concat_csvs(paths, root, required, numeric=numeric, warn=warn)
     if layers.empty:
         return layers
     layers = layers[layers["run_dir"].isin(runs["run_dir"])]
@@ -216,6 +225,31 @@ def _once_per_run(runs: pd.DataFrame, warn: Callable[[str], None]) -> pd.DataFra
             f"{row['run_id']}); counted once, from {first}"
         )
     return runs[~twice]
+
+
+def outcome(runs: pd.DataFrame) -> pd.Series:
+    """Each run's status, with a divergence of the number format (Summary.diverged_reason)
+    told apart from one of the optimization."""
+    reason = runs["diverged_reason"] if "diverged_reason" in runs else pd.Series("", runs.index)
+    by_format = (runs["status"] == DIVERGED) & (reason == NUMBER_FORMAT)
+    return runs["status"].where(~by_format, FORMAT_DIVERGED)
+
+
+def varies(frame: pd.DataFrame, key: str) -> bool:
+    """Whether `key` takes more than one value in `frame`, every unset value (None, NaN,
+    which a summary and a sweep's grid write differently) counting as one."""
+    values = frame[key]
+    return values.dropna().nunique() + int(values.isna().any()) > 1
+
+
+def with_asked(root: Path, runs: pd.DataFrame, warn: Callable[[str], None] = _warn) -> pd.DataFrame:
+    """`runs` and the runs a sweep below `root` asked for that have no folder yet (status
+    missing or queued): everything a grid holds, done or not."""
+    asked = asked_but_missing(root, runs, warn)
+    if asked.empty:
+        return runs
+    # The grid writes unset values as None, a summary as empty (NaN): one unset value.
+    return pd.concat([runs, asked.where(asked.notna(), float("nan"))], ignore_index=True)
 
 
 def identity_columns(frame: pd.DataFrame) -> list[str]:

@@ -18,7 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from bnstudy.accel import COMPILE_MODES, PRECISIONS, FastPathError, fast_paths
-from bnstudy.controls import CHOICES, DEFAULTS
+from bnstudy.controls import CHOICES, DEFAULTS, FOLD_KEYS
 from bnstudy.errors import ConfigError  # noqa: F401  (re-exported: raised by validate)
 from bnstudy.kernels import KERNELS
 from bnstudy.optim import LR_SCALINGS, OPTIMIZERS, SCHEDULES
@@ -51,14 +51,21 @@ class NormConfig:
     momentum: float = 0.1
     # Which of γ and β the layers learn: both, scale (γ only) or shift (β only).
     params: str = DEFAULTS["norm.params"]
-    # groupnorm's groups (fewer where a layer's channels are not divisible).
+    # groupnorm's groups at model.width=64, scaled with the width (4 at width 8); fewer where
+    # a layer's channels are not divisible, and never under 2 channels per group.
     groups: int = 32
     # affine's starting point: ones (γ=1, β=0) or data (BatchNorm's first-step statistics).
     init: str = DEFAULTS["norm.init"]
     # Training images in the fixed, seeded batch that norm.init=data and model.init=lsuv use.
     init_batch: int = 512
-    # batchnorm/bnminus: fold into AffineLayers after this epoch and train on unnormalized.
+    # batchnorm/bnminus: fold after this epoch and train on unnormalized (bnstudy/init.py).
     freeze_after: int | None = None
+    # What the fold leaves: frozen_norm (γ, β kept, on fixed statistics) or affine (γ', β').
+    fold_into: str = DEFAULTS["norm.fold_into"]
+    # The statistics folded in: population (one pass over the training images) or running.
+    fold_stats: str = DEFAULTS["norm.fold_stats"]
+    # γ/β optimizer state at the fold: map (through the fold's linear map) or reset.
+    fold_momentum: str = DEFAULTS["norm.fold_momentum"]
 
 
 @dataclass
@@ -127,8 +134,9 @@ class PathsConfig:
 
 def _tuning() -> dict[str, Any]:
     # `from` is a Python keyword, so this node is a plain dict: {"from": DIR or None}, the
-    # folder of an lr search that experiment=paper_tuned reads its learning rates from.
-    return {"from": None}
+    # folder of an lr search that tuning=tuned (experiment=paper_tuned) reads its learning
+    # rates from; `search`: true in an lr search (tuning=search), which needs a validation split.
+    return {"from": None, "search": False}
 
 
 @dataclass
@@ -248,6 +256,12 @@ def _check_values(cfg: Any) -> None:
     if cfg.optim.clip_grad_norm is not None:
         _positive("optim.clip_grad_norm", cfg.optim.clip_grad_norm)
     _at_least("data.val_size", cfg.data.val_size, 0)
+    if cfg.tuning.search and cfg.data.val_size == 0:
+        raise ConfigError(
+            "tuning=search chooses each lr on the validation split, and data.val_size=0 holds "
+            "none out (experiment=paper trains on every image); add data.val_size=5000, or run "
+            "experiment=lr_search"
+        )
     _at_least("data.split_seed", cfg.data.split_seed, 0)
     if cfg.optim.name == "sgd":
         _within("optim.momentum", cfg.optim.momentum, 0, math.inf)
@@ -292,6 +306,32 @@ def _check_controls(cfg: Any) -> None:
             _not_with(f"norm.freeze_after={k}", f"norm.params={cfg.norm.params}", "both")
         if cfg.trainer.compile != "none":
             _not_with(f"norm.freeze_after={k}", f"trainer.compile={cfg.trainer.compile}", "none")
+    for key in FOLD_KEYS:  # a fold key without a fold would change the identity, not a number
+        value = cfg.norm[key.split(".")[1]]
+        if k is None and value != DEFAULTS[key]:
+            raise ConfigError(
+                f"{key}={value} acts at the fold; set norm.freeze_after=K or leave {key} out"
+            )
+    _check_number_format(cfg)
+
+
+def _check_number_format(cfg: Any) -> None:
+    """fp16 only where every step normalizes: without normalization activations grow with
+    depth (ResNet101 at width 64 reaches 1.4·10⁵ at init, fp16's largest is 65,504), and a
+    run would diverge because of the number format, not the optimization."""
+    from bnstudy.norms import trains_unnormalized
+
+    if cfg.trainer.precision == "fp16" and trains_unnormalized(
+        cfg.norm.name, cfg.norm.freeze_after
+    ):
+        what = f"norm={cfg.norm.name}"
+        if cfg.norm.freeze_after is not None:
+            what += f" norm.freeze_after={cfg.norm.freeze_after}"
+        raise ConfigError(
+            f"trainer.precision=fp16 does not go with {what}: without normalization the "
+            "activations can exceed fp16's range (65,504) and the run would diverge because "
+            "of the number format; use trainer.precision=bf16 or fp32"
+        )
 
 
 def _not_with(what: str, other: str, needs: str) -> None:

@@ -95,10 +95,12 @@ def _norm_rows(site: _Site, epoch: int) -> list[LayerStats]:
             values.update(beta_mean=b.mean(), beta_std=b.std())
         channels = (gamma if gamma is not None else beta).numel()
         where = f"{site.name}.{name}" if name else site.name
-        rows.append((where, channels, values))
+        rows.append((where, channels, values, getattr(layer, "num_groups", None)))
     return [
-        LayerStats(epoch, where, "norm", site.stage, site.depth, channels, **_floats(values))
-        for where, channels, values in rows
+        LayerStats(
+            epoch, where, "norm", site.stage, site.depth, channels, **_floats(values), groups=groups
+        )
+        for where, channels, values, groups in rows
     ]
 
 

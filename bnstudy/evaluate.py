@@ -93,7 +93,7 @@ def evaluate_run(run_dir: Path, overrides: list[str]) -> tuple[str, bool]:
     apply_global_flags(fast, device)
     model = build_model(cfg).to(device)
     if cfg.norm.freeze_after is not None:
-        fold_norms(model)  # the saved model was folded during training
+        fold_norms(model, cfg.norm.fold_into)  # the saved model was folded during training
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

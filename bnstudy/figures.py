@@ -1,8 +1,10 @@
 """The paper's figures from collected runs, as PNG files: accuracy curves per epoch, final
-accuracy against batch size, a heatmap of the grid and, from layers.csv, γ over training and
-the signal against depth. Every figure says how many seeds it shows, draws a spread only
-where there are several, gives each variant its own colour, marker and dashes (baseline
-first), and rounds as the tables do."""
+accuracy against batch size, a heatmap of the grid, validation accuracy against lr and, from
+layers.csv, γ over training and the signal against depth. Every figure says how many seeds
+it shows, draws a spread only where there are several, gives each variant its own colour,
+marker and dashes (baseline first), and rounds as the tables do. A diverged run is never
+averaged away: it is an ✕ at the axis where it diverged (the epoch, the batch size, the lr)
+and counted in the legend, the cell or the title."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bnstudy.collect import VARIANT, identity_columns
+from bnstudy.collect import COMPLETED, DIVERGED, VARIANT, varies
 from bnstudy.controls import variant_order
 from bnstudy.files import write_atomic
 from bnstudy.records import (
@@ -28,7 +30,7 @@ from bnstudy.records import (
     stage_name,
 )
 from bnstudy.stats import mean_ci
-from bnstudy.tables import AXES, _details, _natural
+from bnstudy.tables import AXES, PER_CELL, PER_CELL_KEYS, _details, _natural, setting_keys
 
 
 def plot(
@@ -43,11 +45,13 @@ def plot(
 
     written = []
     style = styles(variant_order(runs[VARIANT]))  # one look per variant in every figure
-    # One figure per setting but the model: the models are its panels.
-    setting = [c for c in identity_columns(runs) if c not in ("run_id", MODEL, *AXES)]
-    varying = [c for c in setting if runs[c].nunique(dropna=False) > 1]
+    # One figure per setting but the model: the models are its panels (as the tables split).
+    setting = setting_keys(runs, axes=(MODEL, *AXES))
+    varying = [c for c in setting if varies(runs, c)]
     for key, group in runs.groupby(setting, sort=True, dropna=False):
         values = dict(zip(setting, key, strict=True))
+        for per_cell in (k for k in PER_CELL_KEYS if k in group and k not in setting):
+            values[per_cell] = PER_CELL if varies(group, per_cell) else group[per_cell].iloc[0]
         label = f"{values[DATASET]}, {_details(values, varying)}"
         slug = hashlib.sha256(label.encode()).hexdigest()[:6]
         slug = f"{values[DATASET]}-w{values[WIDTH]}-{slug}"
@@ -127,7 +131,8 @@ class SettingFigures:
         self.plt, self.runs, self.style, self.label, self.chance = plt, runs, style, label, chance
         self.models = sorted(runs[MODEL].unique(), key=_natural)
         self.sizes = sorted(runs[BATCH_SIZE].unique())
-        self.done = runs[runs["status"] == "completed"]
+        self.done = runs[runs["status"] == COMPLETED]
+        self.diverged = runs[runs["status"] == DIVERGED]
 
     def _variants(self, frame: pd.DataFrame) -> list[str]:
         return [v for v in self.style if v in set(frame[VARIANT])]
@@ -136,11 +141,24 @@ class SettingFigures:
         if self.chance is not None:
             ax.axhline(self.chance, color="0.4", linestyle=":", linewidth=1)
 
+    def _legend_label(self, variant: str) -> str:
+        """The variant, and how many of its runs in this figure diverged (when any did)."""
+        runs = self.runs[self.runs[VARIANT] == variant]
+        k = int((runs["status"] == DIVERGED).sum())
+        return f"{variant} (✕ diverged {k}/{len(runs)})" if k else variant
+
+    def _crosses(self, ax, x: list, variant: str, counts: list[str], row: int) -> None:
+        """Diverged runs as ✕ on the x axis, with `counts` (`2/3`) beside them; the panel's
+        `row`-th variant with crosses a little above the one before, so both stay visible."""
+        _axis_crosses(ax, x, self.style[variant]["color"], counts, row)
+
     def _finish(self, fig, variants: list[str], title: str, chance: bool = True) -> None:
         """The title on top and the legend to the right, clear of the panels."""
         fig.suptitle(f"{title}\n{self.label}", fontsize=10)
         fig.tight_layout(rect=(0, 0, 0.8, 1))
-        handles = [self.plt.Line2D([], [], label=v, **self.style[v]) for v in variants]
+        handles = [
+            self.plt.Line2D([], [], label=self._legend_label(v), **self.style[v]) for v in variants
+        ]
         if chance and self.chance is not None:
             handles.append(
                 self.plt.Line2D([], [], color="0.4", linestyle=":", label="chance level")
@@ -148,7 +166,7 @@ class SettingFigures:
         fig.legend(handles=handles, loc="center left", bbox_to_anchor=(0.81, 0.5), fontsize=8)
 
     def curves(self, epochs: pd.DataFrame):
-        if epochs.empty:
+        if epochs.empty and self.diverged.empty:
             return None
         fig, axes = self.plt.subplots(
             len(self.models),
@@ -158,11 +176,30 @@ class SettingFigures:
             sharey=True,
         )
         counts = []
+        # A diverged run's epochs before it diverged would drag the mean of the others
+        # down, then vanish from it: it is an ✕ at the epoch where it diverged instead.
+        diverged = set(self.diverged["run_id"])
+        # ✕ marks do not widen the axis (they sit in axis units): every epoch is in view.
+        last = max(
+            epochs["epoch"].max() if len(epochs) else 1, self.diverged["diverged_epoch"].max()
+        )
+        last = int(last) if pd.notna(last) else 1
         for (i, model), (j, size) in itertools.product(
             enumerate(self.models), enumerate(self.sizes)
         ):
             ax = axes[i][j]
             cell = epochs[(epochs[MODEL] == model) & (epochs[BATCH_SIZE] == size)]
+            cell = cell[~cell["run_id"].isin(diverged)]
+            at = self.diverged[
+                (self.diverged[MODEL] == model) & (self.diverged[BATCH_SIZE] == size)
+            ]
+            for row, variant in enumerate(self._variants(at)):
+                when = at.loc[at[VARIANT] == variant, "diverged_epoch"].fillna(1).astype(int)
+                seeds = self.runs[(self.runs[MODEL] == model) & (self.runs[BATCH_SIZE] == size)]
+                n = int((seeds[VARIANT] == variant).sum())
+                per_epoch = when.value_counts().sort_index()
+                texts = [f"{k}/{n}" for k in per_epoch]
+                self._crosses(ax, list(per_epoch.index), variant, texts, row)
             for variant in self._variants(cell):
                 curves = cell[cell[VARIANT] == variant]
                 stats = curves.groupby("epoch")["test_acc"].agg(["mean", "min", "max"])
@@ -180,14 +217,18 @@ class SettingFigures:
             if j == 0:
                 ax.set_ylabel("test accuracy (%)")
             ax.grid(alpha=0.3)
+            ax.set_xlim(0.75, last + 0.25)
             ax.xaxis.set_major_locator(self.plt.MaxNLocator(nbins=5, integer=True))
         band = ", band: min..max over seeds" if max(counts, default=1) > 1 else ""
-        title = f"Test accuracy per epoch (mean of {seeds_text(counts)}{band})"
-        self._finish(fig, self._variants(epochs), title)
+        shown = f"mean of {seeds_text(counts)}{band}" if counts else "no run but diverged ones"
+        title = f"Test accuracy per epoch ({shown})"
+        if len(self.diverged):
+            title += "; ✕ at the axis: a run diverged in that epoch"
+        self._finish(fig, self._variants(self.runs), title)
         return fig
 
     def final_vs_batch(self, epochs: pd.DataFrame):
-        if self.done.empty:
+        if self.done.empty and self.diverged.empty:
             return None
         fig, axes = self.plt.subplots(
             1,
@@ -198,6 +239,14 @@ class SettingFigures:
         )
         counts = []
         for ax, model in zip(axes[0], self.models, strict=True):
+            crossed = self._variants(self.diverged[self.diverged[MODEL] == model])
+            for row, variant in enumerate(crossed):
+                mine = self.runs[(self.runs[MODEL] == model) & (self.runs[VARIANT] == variant)]
+                per_size = mine.groupby(BATCH_SIZE)["status"]
+                hits = [(b, int((st == DIVERGED).sum()), len(st)) for b, st in per_size]
+                hits = [(b, k, n) for b, k, n in hits if k]
+                where, texts = [b for b, _, _ in hits], [f"{k}/{n}" for _, k, n in hits]
+                self._crosses(ax, where, variant, texts, row)
             runs = self.done[self.done[MODEL] == model]
             for variant in self._variants(runs):
                 points = runs[runs[VARIANT] == variant].groupby(BATCH_SIZE)["final_test_acc"]
@@ -212,23 +261,29 @@ class SettingFigures:
                     ax.errorbar(s, m, yerr=h, fmt="none", ecolor=color, capsize=3)
             self._chance_line(ax)
             ax.set_xscale("log", base=2)
+            ax.set_xlim(min(self.sizes) / 1.4, max(self.sizes) * 1.4)
             ax.set_xticks(self.sizes, [str(s) for s in self.sizes])
             ax.minorticks_off()
             ax.set_title(model)
             ax.set_xlabel("batch size")
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("final test accuracy (%)")
-        spread = " ± 95% CI" if max(counts) > 1 else ""
-        title = f"Final test accuracy vs batch size (mean{spread} of {seeds_text(counts)})"
-        self._finish(fig, self._variants(self.done), title)
+        spread = " ± 95% t-CI" if max(counts, default=0) > 1 else ""
+        shown = f"mean{spread} of the completed seeds, {seeds_text(counts)}"
+        title = f"Final test accuracy vs batch size ({shown if counts else 'no seed completed'})"
+        if len(self.diverged):
+            title += "; ✕ k/N at the axis: k of N seeds diverged"
+        self._finish(fig, self._variants(self.runs), title)
         return fig
 
     def heatmap(self, epochs: pd.DataFrame):
-        if self.done.empty:
+        if self.done.empty and self.diverged.empty:
             return None
         variants = self._variants(self.runs)
         # One colour scale for all panels, spanning the results rather than 0..100.
         low, high = self.done["final_test_acc"].min(), self.done["final_test_acc"].max()
+        if self.done.empty:
+            low, high = 0.0, 100.0
         fig, axes = self.plt.subplots(
             1,
             len(self.models),
@@ -241,29 +296,33 @@ class SettingFigures:
         )
         for ax, model in zip(axes[0], self.models, strict=True):
             runs = self.done[self.done[MODEL] == model]
-            grid = runs.pivot_table(
-                index=VARIANT,
-                columns=BATCH_SIZE,
-                values="final_test_acc",
-                aggfunc=["mean", "count"],
-            )
-            means = grid["mean"].reindex(index=variants, columns=self.sizes)
-            counts = grid["count"].reindex(index=variants, columns=self.sizes)
+            cells = runs.groupby([VARIANT, BATCH_SIZE])["final_test_acc"]
+            means = cells.mean().unstack().reindex(index=variants, columns=self.sizes)
+            counts = cells.count().unstack().reindex(index=variants, columns=self.sizes)
             image = ax.imshow(means.values.astype(float), cmap="viridis", vmin=low, vmax=high)
             ax.set_xticks(range(len(self.sizes)), [str(s) for s in self.sizes])
             ax.set_yticks(range(len(variants)), variants)
             ax.set_xlabel("batch size")
             ax.set_title(model)
+            mine = self.runs[self.runs[MODEL] == model]
             for r, c in itertools.product(range(len(variants)), range(len(self.sizes))):
                 value, n = means.values[r, c], counts.values[r, c]
+                cell = mine[(mine[VARIANT] == variants[r]) & (mine[BATCH_SIZE] == self.sizes[c])]
+                k = int((cell["status"] == DIVERGED).sum())
                 # No completed run: the cell stays blank white, so dark text on it.
-                text = "n/a" if pd.isna(value) else f"{value:.2f}\n(n={int(n)})"
+                if pd.isna(value):
+                    text = f"diverged\n{k}/{len(cell)}" if k else "n/a"
+                else:
+                    text = f"{value:.2f}\n(n={int(n)})" + (f"\n✕ {k}/{len(cell)}" if k else "")
                 dark = not pd.isna(value) and value < (low + high) / 2  # viridis is dark down low
                 color = "white" if dark else "black"
                 ax.text(c, r, text, ha="center", va="center", fontsize=7, color=color)
         fig.colorbar(image, ax=axes[0].tolist(), label="final test accuracy (%)")
         counts = self.done.groupby([MODEL, VARIANT, BATCH_SIZE]).size()
-        title = f"Final test accuracy (mean of {seeds_text(counts)}, as in the tables)"
+        shown = f"mean of the completed seeds, {seeds_text(counts)}" if len(counts) else ""
+        title = f"Final test accuracy ({shown or 'no seed completed'}, as in the tables)"
+        if len(self.diverged):
+            title += "; ✕ k/N: k of the cell's N seeds diverged"
         fig.suptitle(f"{title}\n{self.label}", fontsize=10)
         return fig
 
@@ -363,32 +422,77 @@ def log_line(ax, x, y, floor: float, **look) -> None:
 
 
 def plot_lr_sensitivity(runs: pd.DataFrame, out: Path) -> list[Path]:
-    """Per model and batch size: validation accuracy against lr (log axis), one line per
-    variant; an lr where a seed diverged is an ✕ at the bottom of the panel."""
+    """Per setting, model and batch size: the validation score of each lr (log axis, a tick
+    at every lr searched), one line per variant, the chosen lr filled; an lr with diverged
+    seeds is an ✕ k/N on the axis. `runs` holds the search's runs and those it asked for."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bnstudy.tuning import LR, lr_scores
+    from bnstudy.tuning import CHOSEN, LR, VARIANT_KEYS, cell_choices, cell_keys, lr_scores
 
-    scores = lr_scores(runs)
+    keys = [*cell_keys(runs), VARIANT, LR]
+    chosen = cell_choices(runs)
+    chosen = chosen.loc[chosen["state"] == CHOSEN, keys].assign(chosen=True)
+    scores = lr_scores(runs).merge(chosen, on=keys, how="left")
+    scores["chosen"] = scores["chosen"].eq(True)
+    style = styles(variant_order(scores[VARIANT]))
+    # Anything else that varies between the search's cells makes figures of its own.
+    others = [k for k in cell_keys(runs) if k not in (*VARIANT_KEYS, MODEL, BATCH_SIZE)]
+    others = [k for k in others if varies(scores, k)]
     written = []
-    for (model, size), cell in scores.groupby([MODEL, BATCH_SIZE], sort=True):
-        fig, ax = plt.subplots(figsize=(6.0, 4.0))
-        style = styles(variant_order(scores[VARIANT]))
-        for variant in [v for v in style if v in set(cell[VARIANT])]:
-            lines = cell[cell[VARIANT] == variant].sort_values(LR)
-            ax.plot(lines[LR], lines["score"], label=variant, **style[variant])
-            diverged = lines[lines["diverged"]]
-            color = style[variant]["color"]
-            ax.scatter(diverged[LR], [0] * len(diverged), marker="x", color=color, s=60)
+    for key, panel in scores.groupby([*others, MODEL, BATCH_SIZE], sort=True, dropna=False):
+        *values, model, size = key
+        fig, ax = plt.subplots(figsize=(7.0, 4.2))
+        lrs = sorted(panel[LR].unique())
+        crossed = [v for v in style if v in set(panel.loc[panel["diverged"] > 0, VARIANT])]
+        for variant in [v for v in style if v in set(panel[VARIANT])]:
+            lines = panel[panel[VARIANT] == variant].sort_values(LR)
+            look = style[variant]
+            k, n = int(lines["diverged"].sum()), int(lines["asked"].sum())
+            label = f"{variant} (✕ diverged {k}/{n} seeds)" if k else variant
+            ax.plot(lines[LR], lines["score"], label=label, **look)
+            hits = lines[lines["diverged"] > 0]
+            pairs = zip(hits["diverged"], hits["asked"], strict=True)
+            counts = [f"{d}/{a}" for d, a in pairs]
+            row = crossed.index(variant) if variant in crossed else 0
+            _axis_crosses(ax, hits[LR], look["color"], counts, row)
+            best = lines[lines["chosen"]]
+            filled = {**look, "markerfacecolor": look["color"], "linestyle": "none"}
+            ax.plot(best[LR], best["score"], **filled)
         ax.set_xscale("log", base=2)
+        ax.set_xlim(min(lrs) / 1.3, max(lrs) * 1.3)
+        ax.set_xticks(lrs, [f"{lr:g}" for lr in lrs])
+        ax.minorticks_off()
         ax.set_xlabel("learning rate (optim.lr)")
         ax.set_ylabel("final validation accuracy (%)")
-        ax.set_ylim(bottom=-2)
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        ax.set_title(f"{model}, batch {size}: lr sensitivity (✕ = diverged)", fontsize=10)
+        seeds = seeds_text(panel.loc[panel["eligible"], "completed"])
+        setting = ", ".join(f"{k}={v}" for k, v in zip(others, values, strict=True))
+        where = f"{model}, batch {size}" + (f", {setting}" if setting else "")
+        ax.set_title(
+            f"{where}: lr sensitivity (mean of the completed seeds, {seeds};\n"
+            "filled: the lr chosen; ✕ k/N on the axis: k of N seeds diverged, lr ruled out)",
+            fontsize=9,
+        )
         ax.legend(fontsize=8)
-        written.append(save(plt, fig, out / f"lr_sensitivity-{model}-bs{size}.png"))
+        slug = f"-{hashlib.sha256(setting.encode()).hexdigest()[:6]}" if setting else ""
+        written.append(save(plt, fig, out / f"lr_sensitivity-{model}-bs{size}{slug}.png"))
     return written
+
+
+CROSS_ROW = 0.035  # axes height between the ✕ rows of two variants at the axis
+
+
+def _axis_crosses(ax, x, color: str, counts: list[str], row: int = 0) -> None:
+    """✕ on the x axis itself (below every accuracy) at `x`, in the `row`-th row above it,
+    with `counts` (`2/3`) to their right."""
+    transform = ax.get_xaxis_transform()  # x in data, y in axes units: 0 is the axis
+    y = CROSS_ROW * row
+    ax.scatter(list(x), [y] * len(counts), marker="x", s=50, color=color, zorder=4,
+               transform=transform, clip_on=False)  # fmt: skip
+    for xi, text in zip(x, counts, strict=True):
+        ax.annotate(text, (xi, y), xycoords=transform, xytext=(5, -3),
+                    textcoords="offset points", fontsize=7, color=color)  # fmt: skip

@@ -37,6 +37,7 @@ class GpuLoader:
             raise ValueError("a training loader needs a generator for shuffling")
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
+        self.spec = spec
         self.batch_size = batch_size
         self.device = device
         self.train = train

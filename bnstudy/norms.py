@@ -7,7 +7,8 @@
 | none      | x                              | none                   | none                     |
 | groupnorm | γ·(x−μ_G)/√(σ²_G+ε) + β        | γ=1, β=0 (init)        | per image and group      |
 
-`norm.params=scale|shift` keeps only γ or only β of the kinds that have both.
+`norm.params=scale|shift` keeps only γ or only β of the kinds that have both. GroupNorm's
+`norm.groups` is its group count at the standard width 64, scaled with `model.width`.
 """
 
 from __future__ import annotations
@@ -70,16 +71,31 @@ class BatchNormMinus(nn.BatchNorm2d):
         super().__init__(num_features, eps=eps, momentum=momentum, affine=False)
 
 
+STANDARD_WIDTH = 64  # model.width of the standard ResNets, where norm.groups is Wu & He's 32
+MIN_GROUP_CHANNELS = 2  # one channel per group would be InstanceNorm, another variant
+
+
+def scaled_groups(groups: int, width: int) -> int:
+    """norm.groups (the group count at width 64) scaled with model.width: the same channels
+    per group as the standard network at every width (32 groups at width 64, 4 at width 8)."""
+    return max(1, groups * width // STANDARD_WIDTH)
+
+
+def fitted_groups(channels: int, groups: int) -> int:
+    """The groups a layer of `channels` uses: the largest divisor of `channels` that is at
+    most `groups` and leaves at least MIN_GROUP_CHANNELS channels in each group."""
+    most = min(groups, max(1, channels // MIN_GROUP_CHANNELS))
+    return max(g for g in range(1, most + 1) if channels % g == 0)
+
+
 class GroupNorm(nn.GroupNorm):
     """GroupNorm (Wu & He 2018): statistics per image over groups of channels, so nothing
-    depends on the batch. The group count is the largest divisor of the channels that is at
-    most `groups` (small widths have fewer channels than 32)."""
+    depends on the batch. `groups` is the most this layer may use (fitted_groups)."""
 
     def __init__(
         self, num_features: int, eps: float = 1e-5, groups: int = 32, params: str = "both"
     ) -> None:
-        fitted = max(g for g in range(1, min(groups, num_features) + 1) if num_features % g == 0)
-        super().__init__(fitted, num_features, eps=eps)
+        super().__init__(fitted_groups(num_features, groups), num_features, eps=eps)
         _scale_and_shift(self, num_features, params)
 
 
@@ -91,22 +107,62 @@ class NoNorm(nn.Identity):
         super().__init__()
 
 
+class FrozenNorm(nn.Module):
+    """A BatchNorm layer after the fold (norm.fold_into=frozen_norm): γ·(x−μ)/√(σ²+ε) + β
+    with fixed μ and σ², in training as in eval. γ and β are the BatchNorm's own Parameters
+    (none for BN-minus), so training goes on in the parametrization it began in."""
+
+    def __init__(self, norm: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor) -> None:
+        super().__init__()
+        self.num_features, self.eps = norm.num_features, norm.eps
+        self.register_parameter("weight", norm.weight)
+        self.register_parameter("bias", norm.bias)
+        # The BatchNorm's names, so a checkpoint reads like the layer it replaced.
+        self.register_buffer("running_mean", mean.detach().clone())
+        self.register_buffer("running_var", var.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # BatchNorm's inference kernel: fixed statistics, γ and β learned, fused backward.
+        return nn.functional.batch_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            training=False,
+            eps=self.eps,
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, frozen statistics"
+
+
 @dataclass(frozen=True)
 class NormVariant:
     layer: type[nn.Module]  # built as layer(channels, **the norm.* keys it takes)
     takes: tuple[str, ...] = ()  # which of eps, momentum, params, groups it takes
+    # Whether the layer divides by statistics of its input in training: a network without
+    # such layers can exceed fp16's range (its activations grow with depth).
+    normalizes: bool = True
 
 
 # The one table of variants: conf/norm/<name>.yaml offers each, and everything else (the
 # factory, validation, parameter counts, weight decay on γ and β, the docs) reads it here.
 NORMS: dict[str, NormVariant] = {
     "batchnorm": NormVariant(BatchNorm, ("eps", "momentum", "params")),
-    "affine": NormVariant(AffineLayer, ("params",)),
+    "affine": NormVariant(AffineLayer, ("params",), normalizes=False),
     "bnminus": NormVariant(BatchNormMinus, ("eps", "momentum")),
-    "none": NormVariant(NoNorm),
+    "none": NormVariant(NoNorm, normalizes=False),
     "groupnorm": NormVariant(GroupNorm, ("eps", "groups", "params")),
 }
-NORM_LAYER_TYPES = tuple(v.layer for v in NORMS.values())
+NORM_LAYER_TYPES = (*(v.layer for v in NORMS.values()), FrozenNorm)
+
+
+def trains_unnormalized(name: str, freeze_after: int | None) -> bool:
+    """Whether some training step of the variant normalizes nothing: `none` and `affine`
+    (whatever their start, norm.init=data too: it sets γ and β once, on one batch), and
+    any variant folded after an epoch (norm.freeze_after)."""
+    return not NORMS[name].normalizes or freeze_after is not None
 
 
 def make_norm(
@@ -115,10 +171,17 @@ def make_norm(
     momentum: float = 0.1,
     params: str = "both",
     groups: int = 32,
+    width: int = STANDARD_WIDTH,
 ) -> NormFactory:
-    """Return `channels -> layer` for the named variant, with the norm.* keys it takes."""
+    """Return `channels -> layer` for the named variant, with the norm.* keys it takes;
+    groupnorm's `groups` is scaled from the standard width to `width` (model.width)."""
     variant = NORMS[name]
-    given = {"eps": eps, "momentum": momentum, "params": params, "groups": groups}
+    given = {
+        "eps": eps,
+        "momentum": momentum,
+        "params": params,
+        "groups": scaled_groups(groups, width),
+    }
     kwargs = {key: given[key] for key in variant.takes}
     return lambda channels: variant.layer(channels, **kwargs)
 
@@ -136,3 +199,10 @@ def norm_parameters(model: nn.Module) -> list[nn.Parameter]:
 def count_norm_parameters(model: nn.Module) -> int:
     """Number of learnable parameters that sit inside normalization layers."""
     return sum(p.numel() for p in norm_parameters(model))
+
+
+def group_counts(model: nn.Module) -> str:
+    """`channels:groups` of every GroupNorm width in the model, e.g. `8:4 16:4 32:4 64:4`
+    (summary.csv's norm_groups; empty without GroupNorm)."""
+    pairs = {(m.num_channels, m.num_groups) for m in model.modules() if isinstance(m, GroupNorm)}
+    return " ".join(f"{c}:{g}" for c, g in sorted(pairs))

@@ -4,13 +4,15 @@ state a checkpoint holds. Shared by the runner and the benchmark; knows nothing 
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from torch import nn
+from torch import Tensor, nn
 
 from bnstudy.accel import (
     FastPaths,
@@ -21,11 +23,13 @@ from bnstudy.accel import (
 )
 from bnstudy.data import DATASETS, Split, hold_out, load_dataset
 from bnstudy.init import (
+    carry_state,
     data_init_affine,
     fold_norms,
     freeze_convs,
     init_batch,
     lsuv,
+    population_statistics,
     state_kept,
 )
 from bnstudy.loader import GpuLoader
@@ -58,7 +62,7 @@ def build_model(cfg: DictConfig, model_name: str | None = None) -> nn.Module:
     """The configured ResNet (or `model_name` at the same width) with the configured norm."""
     spec = DATASETS[cfg.dataset.name]
     n = cfg.norm
-    norm = make_norm(n.name, n.eps, n.momentum, n.params, n.groups)
+    norm = make_norm(n.name, n.eps, n.momentum, n.params, n.groups, cfg.model.width)
     name = model_name or cfg.model.name
     return build_resnet(
         name, norm, spec.channels, spec.classes, cfg.model.width, cfg.model.zero_init_residual
@@ -164,10 +168,20 @@ def checkpoint_state(parts: Parts, epoch: int) -> dict[str, Any]:
     return state
 
 
-def fold(parts: Parts, norm_weight_decay: float) -> None:
-    """norm.freeze_after: fold the BatchNorm layers into AffineLayers (init.fold_norms); the
-    optimizer and the schedule take on the γ and β that BN-minus did not have."""
-    new = fold_norms(parts.model)
+def fold(parts: Parts, norm: Any, norm_weight_decay: float, measure: bool = True) -> None:
+    """norm.freeze_after: fold the BatchNorm layers (init.fold_norms, as norm.fold_into asks)
+    with the statistics norm.fold_stats names, and carry γ/β optimizer state through the fold
+    (init.carry_state, as norm.fold_momentum asks). The optimizer and the schedule take on
+    the γ and β that BN-minus gets when folded into AffineLayers. `measure=False` (a resume,
+    whose checkpoint then restores what was folded) skips the pass over the training set."""
+    stats = None
+    if norm.fold_stats == "population" and measure:
+        stats = population_statistics(
+            parts.model, population_batches(parts), parts.fast.autocast_dtype
+        )
+    folds = fold_norms(parts.model, norm.fold_into, stats)
+    carry_state(parts.optimizer, folds, norm.fold_into, norm.fold_momentum)
+    new = [p for f in folds for p in f.new_parameters]
     if new:
         first = parts.optimizer.param_groups[0]
         lr, base_lr = first["lr"], first["initial_lr"]
@@ -176,6 +190,22 @@ def fold(parts: Parts, norm_weight_decay: float) -> None:
         # A warm-up chains two schedules (SequentialLR._schedulers); each keeps base_lrs.
         for schedule in getattr(parts.schedule, "_schedulers", [parts.schedule]):
             schedule.base_lrs.append(base_lr)
+
+
+def population_batches(parts: Parts) -> Iterator[Tensor]:
+    """The training images in order, unaugmented and normalized as the steps see them, in
+    batches of the training batch size (the last partial one left out, as in training)."""
+    loader = parts.train_loader
+    plain = GpuLoader(
+        Split(loader.images, loader.labels),
+        loader.spec,
+        loader.batch_size,
+        parts.device,
+        train=False,
+        memory_format=parts.fast.memory_format,
+    )
+    for x, _ in itertools.islice(plain, len(loader.images) // loader.batch_size):
+        yield x
 
 
 def restore(parts: Parts, state: dict[str, Any], epochs: int, where: Path) -> int:

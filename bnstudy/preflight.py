@@ -31,10 +31,10 @@ from bnstudy.config import (
     resolve_device,
     validate,
 )
-from bnstudy.controls import DEFAULTS, variant_label
+from bnstudy.controls import variant_label
 from bnstudy.errors import PROG, USER_ERRORS, exit_with
 from bnstudy.optim import OPTIMIZERS
-from bnstudy.records import BATCH_SIZE, DATASET, MODEL, NORM, WIDTH, RunFolder
+from bnstudy.records import RunFolder
 
 if TYPE_CHECKING:  # torch is imported where used: the config checks come first, without it
     import torch
@@ -247,38 +247,56 @@ OmegaConf.register_new_resolver("bnstudy_run_path", _run_path_resolver, replace=
 
 
 def _tuned_lr(*, _root_: DictConfig) -> float:
-    """`${bnstudy_tuned_lr:}` (experiment=paper_tuned): this cell's lr as chosen on validation
-    by the lr search in tuning.from."""
+    """`${bnstudy_tuned_lr:}` (tuning=tuned, experiment=paper_tuned): this cell's lr as chosen
+    on validation by the lr search in tuning.from."""
     folder = _root_.tuning["from"]
     if not folder:
         raise ConfigError(
-            "experiment=paper_tuned needs tuning.from=DIR, the output folder of a finished "
-            "experiment=lr_search"
+            "tuning=tuned needs tuning.from=DIR, the output folder of a finished lr search "
+            "(tuning=search, e.g. experiment=lr_search)"
         )
-    cell = {
-        DATASET: _root_.dataset.name,
-        MODEL: _root_.model.name,
-        WIDTH: _root_.model.width,
-        BATCH_SIZE: _root_.batch_size,
-        NORM: _root_.norm.name,
-    }
-    from bnstudy.collect import VARIANT, ResultsError
+    from bnstudy.collect import ResultsError
     from bnstudy.tuning import TuningError, lr_for
 
-    cell.update({key: OmegaConf.select(_root_, key) for key in DEFAULTS})
-    cell[VARIANT] = variant_label(cell)
+    search = _search(str(folder))
     try:
-        return lr_for(_search(str(folder)), cell)
+        return lr_for(search, _cell_of(_root_, search))
     except (TuningError, ResultsError) as e:
         raise ConfigError(f"tuning.from={folder}: {e}") from None
 
 
+def _cell_of(root: DictConfig, search: Any) -> dict[str, Any]:
+    """The identity values of the config being composed that the search's cells are told
+    apart by (every key but the lr, which is being resolved), with its variant."""
+    from bnstudy.collect import VARIANT, identity_columns
+
+    absent = object()
+    cell: dict[str, Any] = {}
+    for key in identity_columns(search):
+        if key in ("run_id", "optim.lr"):
+            continue
+        value = OmegaConf.select(root, key, default=absent)
+        if value is not absent:
+            cell[key] = value
+    if "trainer.precision" in cell:  # the search recorded it resolved ("fp32", never "auto")
+        device = resolve_device(root.device.name)
+        cell["trainer.precision"] = resolve_precision(device, cell["trainer.precision"])
+    cell[VARIANT] = variant_label(cell)
+    return cell
+
+
 @lru_cache(maxsize=4)
 def _search(folder: str) -> Any:
-    from bnstudy.collect import collect
+    """The runs of the lr search in `folder`, with those it asked for that have no folder
+    yet: a cell whose seeds have not all ended chooses no lr."""
+    from bnstudy.collect import ResultsError, collect, with_asked
 
-    runs, _ = collect(Path(folder).expanduser())
-    return runs
+    root = Path(folder).expanduser()
+    try:
+        runs, _ = collect(root)
+    except ResultsError as e:
+        raise ConfigError(f"tuning.from={folder}: {e}") from None
+    return with_asked(root, runs)
 
 
 OmegaConf.register_new_resolver("bnstudy_tuned_lr", _tuned_lr, replace=True)

@@ -72,6 +72,7 @@ class LayerStats:
     act_mean: float | None = None  # of the site's output on the probe batch
     act_std: float | None = None
     grad_norm: float | None = None  # L2 norm of the site's weight gradients, all together
+    groups: int | None = None  # of a GroupNorm layer: the groups it normalizes over
 
 
 def stage_name(stage: int) -> str:
@@ -100,6 +101,8 @@ class Summary:
     status: str  # running, completed, diverged, failed, interrupted
     epochs_done: int = 0
     diverged_epoch: int | None = None
+    # Why it diverged: OPTIMIZATION, or NUMBER_FORMAT (non-finite only in fp16/bf16).
+    diverged_reason: str = ""
     error: str = ""
     final_test_acc: float | None = None
     final_val_acc: float | None = None
@@ -109,6 +112,7 @@ class Summary:
     final_train_loss: float | None = None
     n_params: int | None = None
     n_norm_params: int | None = None  # learnable parameters inside normalization layers
+    norm_groups: str = ""  # GroupNorm's `channels:groups` per layer width (norms.group_counts)
     wall_seconds: float = 0.0  # summed over resumed sessions
     device: str = ""
     cpu: str = ""  # the processor (the machine names it)
@@ -150,6 +154,8 @@ EPOCH_COLUMNS = tuple(f.name for f in fields(EpochMetrics))
 LAYER_COLUMNS = tuple(f.name for f in fields(LayerStats))
 SUMMARY_COLUMNS = tuple(f.name for f in fields(Summary))
 FINISHED = ("completed", "diverged")  # a rerun of these is a no-op
+# Summary.diverged_reason: the optimization blew up, or only the number format (fp16/bf16).
+OPTIMIZATION, NUMBER_FORMAT = "optimization", "number format"
 
 METRICS_FILE = "metrics.csv"
 LAYERS_FILE = "layers.csv"

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from bnstudy.collect import ResultsError, asked_but_missing, collect, collect_layers
+from bnstudy.collect import ResultsError, collect, collect_layers, with_asked
 from bnstudy.figures import plot, plot_lr_sensitivity
 from bnstudy.files import RecordsError, write_atomic
 from bnstudy.records import LAYERS_FILE, SUMMARY_FILE
 from bnstudy.tables import FORMATS, render, report
-from bnstudy.tuning import tuned_cells, tuned_table
+from bnstudy.tuning import NO_VALIDATION, tuned_cells, tuned_table
 
 TUNED_FILE = "tuned.csv"
 RUNS_FILE = "runs.csv"
@@ -53,10 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ResultsError, RecordsError) as e:
         print(f"bnstudy.results: error: {e}", file=sys.stderr)
         return 2
-    if args.tuned:
-        return _tuned(runs, args)
     # Tables also show the runs a sweep asked for that have not started: a half-done grid.
-    print(report(pd.concat([runs, asked_but_missing(args.dir, runs)]), args.format))
+    asked = with_asked(args.dir, runs)
+    if args.tuned:
+        return _tuned(runs, asked, args)
+    print(report(asked, args.format))
     if args.format in ("text", "markdown"):
         tidy = [RUNS_FILE, EPOCHS_FILE, *([LAYERS_FILE] if gathered else [])]
         print(f"tidy tables: {', '.join(str(args.dir / name) for name in tidy)}")
@@ -66,24 +67,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _tuned(runs: pd.DataFrame, args: argparse.Namespace) -> int:
-    table = tuned_table(runs)
-    if table.empty:
+def _tuned(runs: pd.DataFrame, asked: pd.DataFrame, args: argparse.Namespace) -> int:
+    table = tuned_table(asked)
+    if table.empty or (table["state"] == NO_VALIDATION).all():
         print(
-            f"bnstudy.results: error: no lr in {args.dir} has a completed, undiverged run with a "
-            "validation split; run experiment=lr_search (data.val_size > 0) first",
+            f"bnstudy.results: error: no run in {args.dir} has a validation accuracy to choose an "
+            "lr on; run an lr search (tuning=search, data.val_size > 0) first",
             file=sys.stderr,
         )
         return 2
     write_atomic(args.dir / TUNED_FILE, table.to_csv(index=False).encode())
     for title, cell in tuned_cells(table):
-        print(render(cell, args.format, f"tuned — {title}"))
+        print(render(cell, args.format, f"tuned — {title}; {RULE}"))
     if args.format in ("text", "markdown"):
         print(f"tuned table: {args.dir / TUNED_FILE}")
     if args.plot:
-        for path in plot_lr_sensitivity(runs, args.dir):
+        for path in plot_lr_sensitivity(asked, args.dir):
             print(f"figure: {path}")
     return 0
+
+
+# The lr rule in a title's words (bnstudy/tuning.py says why).
+RULE = (
+    "lr chosen on validation among the lrs at which every seed asked for completed; "
+    "an lr with a diverged seed is ruled out"
+)
 
 
 if __name__ == "__main__":

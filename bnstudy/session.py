@@ -25,7 +25,7 @@ from bnstudy import kernels, preflight, records
 from bnstudy.config import resolve_device
 from bnstudy.errors import USER_ERRORS, as_out_of_memory, first_line, one_line
 from bnstudy.gpus import claim_gpu
-from bnstudy.norms import count_norm_parameters
+from bnstudy.norms import count_norm_parameters, group_counts
 from bnstudy.observers import Observers
 from bnstudy.parts import build_parts, checkpoint_state, fold, restore
 from bnstudy.records import FINISHED, EpochMetrics, RecordsError, RunFolder, Summary
@@ -153,12 +153,14 @@ def _train(
             summary,
             n_params=sum(p.numel() for p in parts.model.parameters()),
             n_norm_params=count_norm_parameters(parts.model),
+            norm_groups=group_counts(parts.model),
         )
         start_epoch = 1
         checkpoint = folder.load_checkpoint()
         if checkpoint is not None:
             if _folded_by(checkpoint.get("epoch"), cfg.norm.freeze_after):
-                fold(parts, cfg.optim.norm_weight_decay)  # the checkpoint holds a folded model
+                # The checkpoint holds the folded model: its statistics are restored, not measured.
+                fold(parts, cfg.norm, cfg.optim.norm_weight_decay, measure=False)
             start_epoch = restore(parts, checkpoint, cfg.trainer.epochs, folder.checkpoint_path)
             log.info("resuming %s from epoch %d", folder.path, start_epoch)
         # Epochs written after the checkpoint will be trained again.
@@ -174,8 +176,14 @@ def _train(
             folder.write_metrics(ident, epochs)
             observers.epoch_end(m)  # γ and β as the epoch left them, before any fold
             if m.epoch == cfg.norm.freeze_after:
-                fold(parts, cfg.optim.norm_weight_decay)
-                log.info("epoch %d: normalization folded into AffineLayers", m.epoch)
+                fold(parts, cfg.norm, cfg.optim.norm_weight_decay)
+                log.info(
+                    "epoch %d: normalization folded (into %s, %s statistics, optimizer state %s)",
+                    m.epoch,
+                    cfg.norm.fold_into,
+                    cfg.norm.fold_stats,
+                    cfg.norm.fold_momentum,
+                )
             folder.save_checkpoint(checkpoint_state(parts, m.epoch))
             record("running")
             session_epochs.append(m.epoch_seconds)
@@ -212,7 +220,7 @@ def _train(
         record("completed")
     except Diverged as e:
         log.warning("diverged: %s; recorded as a result in %s", e, folder.path)
-        record("diverged", diverged_epoch=e.epoch, error=str(e))
+        record("diverged", diverged_epoch=e.epoch, diverged_reason=e.reason, error=str(e))
         folder.drop_checkpoint()
         return Outcome("diverged", error=str(e))
     except BaseException as e:

@@ -26,11 +26,17 @@ def mean_ci(values: Iterable[float]) -> tuple[float, float | None, int]:
     return mean, mean - low, n
 
 
-def mean_ci_text(values: Iterable[float]) -> str:
-    """`92.00 ± 4.97 (n=3)`: mean ± 95% CI half-width over seeds; one seed is said as such."""
+# What every accuracy cell is, said once for titles and notes.
+STATISTIC = "mean ± 95% t-CI over the completed seeds (n)"
+
+
+def mean_ci_text(values: Iterable[float], notes: Iterable[str] = ()) -> str:
+    """`92.00 ± 4.97 (n=3)`: mean ± 95% CI half-width over seeds; one seed is said as such,
+    `92.00 (1 seed)`; `notes` go inside the parentheses: `75.10 ± 2.00 (n=2; diverged 1/3)`."""
     mean, half, n = mean_ci(values)
-    text = ci_text(mean, half)
-    return text if half is None else f"{text} (n={n})"
+    counted = "1 seed" if half is None else f"n={n}"
+    value = f"{mean:.2f}" if half is None else f"{mean:.2f} ± {half:.2f}"
+    return f"{value} ({'; '.join([counted, *notes])})"
 
 
 def ci_text(mean: float, half: float | None) -> str:

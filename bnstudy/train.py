@@ -10,15 +10,54 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from bnstudy.records import EpochMetrics
+from bnstudy.init import state_kept
+from bnstudy.records import NUMBER_FORMAT, OPTIMIZATION, EpochMetrics
+
+_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 class Diverged(Exception):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite; `reason` says whether the optimization did it
+    or the number format (a forward pass non-finite only in fp16/bf16: see `diagnose`)."""
 
-    def __init__(self, epoch: int, step: int) -> None:
-        super().__init__(f"non-finite training loss in epoch {epoch} at step {step}")
-        self.epoch = epoch
+    def __init__(
+        self, epoch: int, step: int, reason: str = OPTIMIZATION, message: str = ""
+    ) -> None:
+        super().__init__(message or f"non-finite training loss in epoch {epoch} at step {step}")
+        self.epoch, self.step, self.reason = epoch, step, reason
+
+
+@torch.no_grad()
+def diagnose(
+    model: nn.Module, x: Tensor, epoch: int, step: int, autocast_dtype: torch.dtype | None
+) -> Diverged:
+    """Why the loss went non-finite at `step`. In fp32: the optimization. Under fp16/bf16
+    autocast: the number format when the weights are still finite (fp16's loss scaling skips
+    the steps whose gradients are not) and give finite fp32 logits on `x`, the batch at hand;
+    the optimization otherwise (the weights themselves blew up). bf16 has fp32's exponent
+    range, so there it is nearly always the optimization."""
+    where = f"epoch {epoch} at step {step}"
+    if autocast_dtype is None:
+        return Diverged(epoch, step, OPTIMIZATION, f"non-finite training loss in {where}")
+    name = _NAMES.get(autocast_dtype, str(autocast_dtype))
+    lost = "the weights are no longer finite"
+    if all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        with state_kept(model):  # a training-mode pass that updates no running statistics
+            if bool(torch.isfinite(model.train()(x.float())).all()):
+                return Diverged(
+                    epoch,
+                    step,
+                    NUMBER_FORMAT,
+                    f"non-finite logits under {name} autocast in {where}; the same weights "
+                    "give finite fp32 logits (number format, not optimization)",
+                )
+        lost = "the weights give non-finite logits in fp32 too"
+    return Diverged(
+        epoch,
+        step,
+        OPTIMIZATION,
+        f"non-finite training loss under {name} autocast in {where}; {lost} (optimization)",
+    )
 
 
 def train_step(
@@ -68,10 +107,12 @@ def train_epoch(
     scaler: torch.amp.GradScaler | None = None,
     clip_grad_norm: float | None = None,
 ) -> tuple[float, float, int]:
-    """One pass over `loader`; returns (mean loss, accuracy %, images). Raises Diverged."""
+    """One pass over `loader`; returns (mean loss, accuracy %, images). Raises Diverged, at
+    the first step whose loss was not finite."""
     model.train()
     loss_sum = torch.zeros((), device=_device_of(model))
     correct = torch.zeros((), dtype=torch.long, device=loss_sum.device)
+    first_bad = torch.zeros((), dtype=torch.long, device=loss_sum.device)  # 0: none yet
     seen = 0
     # disable=None: the bar stays quiet when output is not a terminal (logs, CI, SLURM).
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if progress else True)
@@ -81,14 +122,15 @@ def train_epoch(
         loss_sum += loss * len(y)
         correct += hits
         seen += len(y)
+        first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), step, first_bad)
         if step % log_every == 0:
             running = loss_sum.item() / seen
             if not math.isfinite(running):
-                raise Diverged(epoch, step)
+                raise diagnose(model, x, epoch, int(first_bad), autocast_dtype)
             bar.set_postfix(loss=f"{running:.4f}")
     mean_loss = loss_sum.item() / max(seen, 1)
     if not math.isfinite(mean_loss):
-        raise Diverged(epoch, step)
+        raise diagnose(model, x, epoch, int(first_bad), autocast_dtype)
     return mean_loss, 100.0 * correct.item() / max(seen, 1), seen
 
 

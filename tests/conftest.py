@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
+import itertools
+import json
 import os
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -111,24 +116,13 @@ def wait_for(condition, seconds: float, what: str, poll: float = 0.1) -> float:
     return time.monotonic() - started
 
 
-def write_run(
-    root: Path,
-    norm: str,
-    batch_size: int,
-    seed: int,
-    test_accs: list[float],
-    status: str = "completed",
-    model: str = "resnet18",
-    error: str = "",
-    val_accs: list[float] | None = None,
-    overrides: tuple[str, ...] = (),
-) -> Path:
-    """A run folder written by the real records code for the real composed config (CIFAR-10,
-    3 epochs, plus `overrides`), with the given test (and validation) accuracy per epoch."""
-    from bnstudy import preflight, records
-    from bnstudy.records import EpochMetrics, RunFolder, Summary
+def run_config(
+    norm: str, batch_size: int, seed: int, model: str = "resnet18", overrides: tuple = ()
+) -> dict:
+    """The resolved config of write_run's runs (CIFAR-10, 3 epochs, plus `overrides`)."""
+    from bnstudy import preflight
 
-    config = preflight.resolved(
+    return preflight.resolved(
         make_config(
             "dataset=cifar10",
             f"model={model}",
@@ -140,6 +134,42 @@ def write_run(
             *overrides,
         )
     )
+
+
+def write_grid(root: Path, cells: list[tuple]) -> Path:
+    """A sweep's grid record (.sweeps/*.grid.json, as bnstudy.sweep writes it): the runs it
+    was asked for, each given as run_config's arguments."""
+    from bnstudy import records
+    from bnstudy.ledger import GRID_SUFFIX, LEDGER_DIR
+
+    identities = [records.identity(run_config(*cell)) for cell in cells]
+    path = root / LEDGER_DIR / f"test{GRID_SUFFIX}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(identities, default=str))
+    return path
+
+
+def write_run(
+    root: Path,
+    norm: str,
+    batch_size: int,
+    seed: int,
+    test_accs: list[float],
+    status: str = "completed",
+    model: str = "resnet18",
+    error: str = "",
+    val_accs: list[float] | None = None,
+    overrides: tuple[str, ...] = (),
+    reason: str = "",
+) -> Path:
+    """A run folder written by the real records code for the real composed config (CIFAR-10,
+    3 epochs, plus `overrides`), with the given test (and validation) accuracy per epoch. A
+    diverged run diverged in the epoch after its last (`reason`: why, records.OPTIMIZATION
+    by default)."""
+    from bnstudy import records
+    from bnstudy.records import EpochMetrics, RunFolder, Summary
+
+    config = run_config(norm, batch_size, seed, model, overrides)
     ident = records.identity(config)
     val_accs = val_accs or [None] * len(test_accs)
     epochs = [
@@ -160,5 +190,49 @@ def write_run(
     folder = RunFolder(root / records.run_path(config))
     folder.path.mkdir(parents=True)
     folder.write_metrics(ident, epochs)
-    folder.write_summary(ident, Summary(status, **records.progress(epochs), error=error))
+    diverged = {}
+    if status == "diverged":
+        diverged = {
+            "diverged_epoch": len(epochs) + 1,
+            "diverged_reason": reason or records.OPTIMIZATION,
+        }
+    summary = Summary(status, **records.progress(epochs), error=error, **diverged)
+    folder.write_summary(ident, summary)
     return folder.path
+
+
+def read_table(text: str, fmt: str, index: int = 0) -> tuple[str, dict[str, list[str]]]:
+    """The title and the rows ({variant: [cells]}) of table `index` of a `results` output in
+    `fmt`, read back as a reader would. For text, whose empty cells leave no trace, a row is
+    its non-empty cells."""
+    if fmt == "csv":
+        blocks = [b for b in text.split("\n\n") if b.startswith("# ")]
+        title, body = blocks[index].split("\n", 1)
+        rows = list(csv.reader(io.StringIO(body)))[1:]
+        return title.removeprefix("# "), {r[0]: r[1:] for r in rows}
+    if fmt == "latex":
+        block = text.split("\\end{table}")[index]
+        title = block.split("\\caption{")[1].split("}\n")[0]
+        body = block.split("\\midrule\n")[1].split("\\bottomrule")[0]
+        rows = [r.removesuffix(" \\\\").split(" & ") for r in body.splitlines()]
+        return unescape(title), {unescape(r[0]): [unescape(c) for c in r[1:]] for r in rows}
+    lines = text.splitlines()
+    if fmt == "markdown":
+        start = [i for i, line in enumerate(lines) if line.startswith("**")][index]
+        rows = itertools.takewhile(lambda r: r.startswith("|"), lines[start + 2 :])
+        body = list(rows)[2:]  # the header and the rule first
+        cells = [[c.strip() for c in r.split("|")[1:-1]] for r in body]
+        return lines[start].strip("*"), {c[0]: c[1:] for c in cells}
+    starts = [i for i, line in enumerate(lines) if line and (i == 0 or not lines[i - 1])]
+    start = starts[index]
+    end = lines.index("", start + 1) if "" in lines[start + 1 :] else len(lines)
+    body = lines[start + 2 : end]  # the title, then the header
+    cells = [re.split(r"\s{2,}", row.strip()) for row in body]
+    return lines[start], {c[0]: c[1:] for c in cells}
+
+
+def unescape(latex: str) -> str:
+    """What bnstudy.tables escapes for LaTeX, back as it is printed elsewhere."""
+    for old, new in (("$\\pm$", "±"), ("\\_", "_"), ("\\%", "%"), ("--", "–")):
+        latex = latex.replace(old, new)
+    return latex

@@ -8,15 +8,16 @@ import sys
 import pytest
 import torch
 
-from bnstudy import accel
+from bnstudy import accel, session
 from bnstudy.accel import FastPathError, resolve_fast_paths
+from bnstudy.config import ConfigError, validate
 from bnstudy.data import DATASETS, Split
 from bnstudy.loader import GpuLoader
 from bnstudy.models import build_resnet
 from bnstudy.norms import NORMS, make_norm
 from bnstudy.preflight import resolved
-from bnstudy.records import identity
-from bnstudy.train import train_step
+from bnstudy.records import NUMBER_FORMAT, OPTIMIZATION, identity
+from bnstudy.train import Diverged, train_epoch, train_step
 from tests.conftest import REPO, TINY, make_config, run_cli
 
 CPU = torch.device("cpu")
@@ -37,6 +38,90 @@ def test_deterministic_turns_cudnn_benchmark_off_and_keeps_the_run_identity():
     assert resolve_fast_paths(CPU).cudnn_benchmark and not resolve_fast_paths(CPU).deterministic
     plain = identity(resolved(make_config(*TINY)))
     assert identity(resolved(make_config(*TINY, "trainer.deterministic=true"))) == plain
+
+
+def test_auto_precision_is_bf16_where_the_gpu_has_it_and_never_fp16(monkeypatch):
+    cuda = torch.device("cuda")
+    for has_bf16, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda has=has_bf16: has)
+        assert accel.resolve_precision(cuda, "auto") == expected
+    assert accel.resolve_precision(CPU, "auto") == "fp32"
+    assert accel.resolve_precision(cuda, "fp16") == "fp16"  # asked for: as asked
+
+
+@pytest.mark.parametrize(
+    ("overrides", "what"),
+    [
+        (["norm=none"], "norm=none"),
+        (["norm=affine"], "norm=affine"),
+        (["norm=affine", "norm.init=data"], "norm=affine"),
+        (["norm=batchnorm", "norm.freeze_after=1"], "norm=batchnorm norm.freeze_after=1"),
+    ],
+)
+def test_fp16_without_normalization_is_refused_naming_the_reason(overrides, what):
+    # Refused before the device is looked at: the reason holds on every GPU.
+    with pytest.raises(ConfigError) as refused:
+        validate(make_config(*TINY, "trainer.precision=fp16", *overrides))
+    assert str(refused.value) == (
+        f"trainer.precision=fp16 does not go with {what}: without normalization the "
+        "activations can exceed fp16's range (65,504) and the run would diverge because of "
+        "the number format; use trainer.precision=bf16 or fp32"
+    )
+
+
+def overflowing_model() -> torch.nn.Module:
+    """Logits of 1.2·10⁵ from inputs of 1: finite in fp32, beyond fp16's 65,504."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    with torch.no_grad():
+        model[0].weight.fill_(3e4)
+        model[0].bias.zero_()
+    return model
+
+
+def one_epoch(model, dtype, scaler=None):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = [(torch.ones(8, 4), torch.zeros(8, dtype=torch.long))] * 3
+    train_epoch(model, data, optimizer, epoch=1, log_every=50, progress=False,
+                autocast_dtype=dtype, scaler=scaler)  # fmt: skip
+
+
+def test_a_forward_pass_beyond_fp16s_range_is_a_divergence_of_the_number_format():
+    # fp16 as on a GPU: with loss scaling, whose skipped steps leave the weights finite.
+    with pytest.raises(Diverged) as diverged:
+        one_epoch(overflowing_model(), torch.float16, torch.amp.GradScaler("cpu"))
+    assert diverged.value.reason == NUMBER_FORMAT
+    assert str(diverged.value) == (
+        "non-finite logits under fp16 autocast in epoch 1 at step 1; the same weights give "
+        "finite fp32 logits (number format, not optimization)"
+    )
+    one_epoch(overflowing_model(), None)  # fp32: the same model trains
+
+
+def test_a_non_finite_loss_in_fp32_stays_a_divergence_of_the_optimization():
+    model = overflowing_model()
+    with torch.no_grad():
+        model[0].weight.fill_(float("inf"))
+    for dtype, message in (
+        (None, "non-finite training loss in epoch 1 at step 1"),
+        (torch.bfloat16, "non-finite training loss under bf16 autocast in epoch 1 at step 1; "
+                         "the weights are no longer finite (optimization)"),
+    ):  # fmt: skip
+        with pytest.raises(Diverged) as diverged:
+            one_epoch(model, dtype)
+        assert diverged.value.reason == OPTIMIZATION and str(diverged.value) == message
+
+
+def test_a_divergence_of_the_number_format_is_recorded_with_its_reason(tmp_path, monkeypatch):
+    def fit_diverges(*args, **kwargs):
+        raise Diverged(1, 3, NUMBER_FORMAT, "non-finite logits under fp16 autocast in …")
+
+    monkeypatch.setattr(session, "fit", fit_diverges)
+    assert session.execute(make_config(*TINY), tmp_path).status == "diverged"
+    with open(tmp_path / "summary.csv", newline="") as f:
+        [summary] = list(csv.DictReader(f))
+    assert summary["status"] == "diverged" and summary["diverged_reason"] == NUMBER_FORMAT
+    assert summary["error"] == "non-finite logits under fp16 autocast in …"
 
 
 def train_a_few_steps(
@@ -111,6 +196,15 @@ def test_compiled_model_gives_the_eager_results():
 
 
 @pytest.mark.slow
+def test_cli_refuses_fp16_without_normalization_in_one_line(tmp_path):
+    result = run_cli(*TINY, "norm=none", "trainer.precision=fp16", f"paths.output_root={tmp_path}")
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("bnstudy: error: trainer.precision=fp16 does not go with norm=none")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
 def test_cli_refuses_fp16_on_the_cpu_in_one_line(tmp_path):
     result = run_cli(*TINY, "trainer.precision=fp16", f"paths.output_root={tmp_path}")
     assert result.returncode == 2
@@ -146,7 +240,7 @@ def test_bench_prints_and_writes_both_paths(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "paper grid estimate: 80 runs" in result.stdout
-    assert "lr_search grid estimate: 560 runs" in result.stdout
+    assert "lr_search grid estimate: 1680 runs" in result.stdout
     assert "paper_tuned grid estimate: 240 runs" in result.stdout
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))

@@ -25,18 +25,21 @@ def _one_run(root: Path, *overrides: str) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """Two finished runs, trained once for the module: a plain one (with TensorBoard) and one
-    folded after epoch 1."""
+    """Finished runs, trained once for the module: a plain one (with TensorBoard) and two
+    folded after epoch 1 (into frozen BatchNorms, the default, and into AffineLayers)."""
     root = tmp_path_factory.mktemp("runs")
     return {
         "plain": _one_run(root / "plain", "trainer.tensorboard=true"),
         "folded": _one_run(root / "folded", "norm.freeze_after=1"),
+        "folded_affine": _one_run(
+            root / "folded_affine", "norm.freeze_after=1", "norm.fold_into=affine"
+        ),
     }
 
 
 @pytest.mark.kernels
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["plain", "folded"])
+@pytest.mark.parametrize("kind", ["plain", "folded", "folded_affine"])
 def test_evaluate_reproduces_the_recorded_test_accuracy_per_class(tmp_path, runs, kind):
     folder = shutil.copytree(runs[kind], tmp_path / "run")  # the summary is edited below
     recorded = float(RunFolder(folder).read_summary()["final_test_acc"])

@@ -170,11 +170,13 @@ def test_eval_normalizes_each_image_alone_with_the_running_statistics(name):
 
 
 def test_groupnorm_in_train_and_eval_is_the_same_per_image_normalization():
-    layer = make_norm("groupnorm", groups=3)(3)  # one channel per group
+    # Three groups of one channel would be InstanceNorm: 3 channels make one group of 3.
+    layer = make_norm("groupnorm", groups=3)(3)
+    assert layer.num_groups == 1
     gamma, beta = set_gamma_beta(layer)
     x = batch()
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    var = x.var(dim=(2, 3), unbiased=False, keepdim=True)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    var = x.var(dim=(1, 2, 3), unbiased=False, keepdim=True)
     expected = gamma * (x - mean) / torch.sqrt(var + EPS) + beta
     torch.testing.assert_close(layer.train()(x), expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(layer.eval()(x), expected, rtol=1e-4, atol=1e-5)

@@ -1,13 +1,14 @@
+import re
 import shutil
 
 import pandas as pd
 import pytest
 from scipy import stats
 
-from bnstudy.collect import REQUIRED, collect
+from bnstudy.collect import REQUIRED, collect, with_asked
 from bnstudy.records import SUMMARY_COLUMNS, RunFolder
 from bnstudy.tables import FORMATS, _settings, accuracy_table, report, status_table
-from tests.conftest import run_cli, write_run
+from tests.conftest import read_table, run_cli, write_grid, write_run
 
 VAL = [60.0, 50.0, 55.0]
 
@@ -55,7 +56,7 @@ def test_accuracy_cells_are_mean_and_95_ci_over_seeds(sweep):
     assert f"{half:.2f}" == "4.97"
     assert final.loc["batchnorm", "bs 32"] == "92.00 ± 4.97 (n=3)"
     assert final.loc["batchnorm", "bs 128"] == "82.00 ± 4.97 (n=3)"
-    assert final.loc["affine", "bs 128"] == "60.50 ± 6.35 (n=2)"
+    assert final.loc["affine", "bs 128"] == "60.50 ± 6.35 (n=2; missing 1/3)"
 
 
 def test_the_best_epoch_is_chosen_on_validation_not_on_test(sweep):
@@ -71,8 +72,9 @@ def test_the_best_epoch_is_chosen_on_validation_not_on_test(sweep):
 
 def test_cells_without_completed_runs_show_their_status(sweep):
     final, status = tables(sweep, "final_test_acc")
-    assert final.loc["none", "bs 32"] == "diverged/failed"
-    assert final.loc["none", "bs 128"] == "interrupted"  # "running", but no process holds it
+    assert final.loc["none", "bs 32"] == "diverged 1/3; failed 1/3; missing 1/3"
+    # "running", but no process holds it
+    assert final.loc["none", "bs 128"] == "interrupted 1/3; missing 2/3"
     assert status.loc["affine", "bs 128"] == "2 completed, 1 missing"
     assert status.loc["none", "bs 32"] == "1 diverged, 1 failed, 1 missing"
     assert status.loc["batchnorm", "bs 32"] == "3 completed"
@@ -96,7 +98,7 @@ def test_a_grid_cell_with_no_run_at_all_is_missing(tmp_path):
     write_run(tmp_path, "batchnorm", 32, 0, [50.0])
     write_run(tmp_path, "affine", 64, 0, [40.0])
     final, status = tables(tmp_path, "final_test_acc")
-    assert final.loc["batchnorm", "bs 64"] == "missing"
+    assert final.loc["batchnorm", "bs 64"] == "missing 1/1"
     assert status.loc["affine", "bs 32"] == "missing"
 
 
@@ -106,7 +108,8 @@ def test_each_format_carries_the_same_cells(sweep, fmt):
     text = report(runs, fmt)
     assert "92.00 ± 4.97 (n=3)" in text or "92.00 $\\pm$ 4.97 (n=3)" in text
     if fmt == "markdown":
-        assert "| batchnorm | 92.00 ± 4.97 (n=3) | 82.00 ± 4.97 (n=3) |" in text
+        row = r"\| batchnorm +\| 92\.00 ± 4\.97 \(n=3\) +\| 82\.00 ± 4\.97 \(n=3\) +\|"
+        assert re.search(row, text)
     if fmt == "latex":
         assert "\\begin{tabular}{lrr}" in text and "batchnorm & 92.00 $\\pm$ 4.97 (n=3)" in text
     if fmt == "csv":
@@ -203,3 +206,95 @@ def test_a_cell_with_one_seed_says_so(tmp_path):
     write_run(tmp_path, "batchnorm", 32, 0, [50.0, 60.0, 70.0])
     final, _ = tables(tmp_path, "final_test_acc")
     assert final.loc["batchnorm", "bs 32"] == "70.00 (1 seed)"
+
+
+# ------------------------------------------------------------------ divergence is a result
+
+
+@pytest.fixture
+def outcomes(tmp_path):
+    """One table, three seeds asked per cell at batch size 32: batchnorm completed; affine
+    with one seed diverged; none diverged at every seed; bnminus with one seed completed, one
+    interrupted (its summary says running, no process holds it) and one the sweep asked for
+    that never started; groupnorm with one seed diverged by the number format."""
+    for seed, acc in enumerate([70.0, 72.0, 74.0]):
+        write_run(tmp_path, "batchnorm", 32, seed, [acc - 5, acc])
+    write_run(tmp_path, "affine", 32, 0, [50.0, 60.0])
+    write_run(tmp_path, "affine", 32, 1, [55.0, 64.0])
+    write_run(tmp_path, "affine", 32, 2, [20.0], status="diverged")
+    for seed in range(3):
+        write_run(tmp_path, "none", 32, seed, [10.0], status="diverged")
+    write_run(tmp_path, "bnminus", 32, 0, [45.0, 50.0])
+    write_run(tmp_path, "bnminus", 32, 1, [30.0], status="running")
+    write_grid(tmp_path, [("bnminus", 32, 2)])
+    write_run(tmp_path, "groupnorm", 32, 0, [60.0, 66.0])
+    write_run(tmp_path, "groupnorm", 32, 1, [61.0, 68.0])
+    write_run(tmp_path, "groupnorm", 32, 2, [62.0], status="diverged", reason="number format")
+    return tmp_path
+
+
+def t_half(values: list[float]) -> float:
+    return stats.t.ppf(0.975, len(values) - 1) * stats.sem(values)
+
+
+# By hand: mean and t-interval of the completed seeds, then the other seeds' outcomes out of 3.
+OUTCOME_CELLS = {
+    "batchnorm": f"72.00 ± {t_half([70, 72, 74]):.2f} (n=3)",
+    "affine": f"62.00 ± {t_half([60, 64]):.2f} (n=2; diverged 1/3)",
+    "bnminus": "50.00 (1 seed; interrupted 1/3; missing 1/3)",
+    "groupnorm": f"67.00 ± {t_half([66, 68]):.2f} (n=2; diverged (number format) 1/3)",
+    "none": "diverged 3/3",
+}
+OUTCOME_TITLE = (
+    "final test acc %, mean ± 95% t-CI over the completed seeds (n); diverged k/N: k of the "
+    "cell's N seeds diverged (so for missing, failed, …) — cifar10 · resnet18 (model.width=64, "
+    "optim.name=sgd, optim.lr=0.1, trainer.epochs=3, data.val_size=5000)"
+)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_cell_counts_its_completed_and_diverged_seeds_in_every_format(outcomes, fmt):
+    result = run_results(outcomes, "--format", fmt)
+    assert result.returncode == 0, result.stderr
+    title, rows = read_table(result.stdout, fmt)
+    assert rows == {variant: [cell] for variant, cell in OUTCOME_CELLS.items()}
+    assert title == OUTCOME_TITLE
+    # No key that no run sets (optim.clip_grad_norm is unset in the runs and in the grid).
+    assert "clip_grad_norm" not in result.stdout
+
+
+def test_the_status_table_and_the_summary_count_the_same_outcomes(outcomes):
+    runs, _ = collect(outcomes)
+    asked = with_asked(outcomes, runs)
+    [(_, group)] = list(_settings(asked))
+    status = status_table(group)
+    assert status.loc["bnminus", "bs 32"] == "1 completed, 1 interrupted, 1 missing"
+    assert status.loc["groupnorm", "bs 32"] == "2 completed, 1 diverged (number format)"
+    assert status.loc["none", "bs 32"] == "3 diverged"
+    text = report(asked)
+    assert (
+        "15 runs: 8 completed, 4 diverged, 1 diverged (number format), 1 interrupted, 1 missing"
+        in text
+    )
+    assert "diverged (number format): cifar10/resnet18-w64-groupnorm-bs32-seed2-" in text
+
+
+def test_a_tuned_grid_is_one_table_whose_cells_say_their_own_lr(tmp_path):
+    # A tuned grid: each cell at its own lr (batchnorm 0.1; affine 0.05 at bs 32, 0.2 at 128).
+    lrs = {("batchnorm", 32): 0.1, ("batchnorm", 128): 0.1, ("affine", 32): 0.05}
+    lrs[("affine", 128)] = 0.2
+    for (norm, bs), lr in lrs.items():
+        for seed, acc in enumerate([60.0, 62.0]):
+            write_run(tmp_path, norm, bs, seed, [acc], overrides=(f"optim.lr={lr}",))
+    runs, _ = collect(tmp_path)
+    [(title, group)] = list(_settings(runs))
+    assert "optim.lr=per cell" in title
+    final = accuracy_table(group, "final_test_acc")
+    half = f"{t_half([60, 62]):.2f}"
+    assert final.loc["affine", "bs 32"] == f"61.00 ± {half} (n=2; lr 0.05)"
+    assert final.loc["affine", "bs 128"] == f"61.00 ± {half} (n=2; lr 0.2)"
+    assert final.loc["batchnorm", "bs 32"] == f"61.00 ± {half} (n=2; lr 0.1)"
+    # An lr search (several lrs in one cell) still makes one table per lr.
+    write_run(tmp_path, "affine", 32, 0, [50.0], overrides=("optim.lr=0.4",))
+    runs, _ = collect(tmp_path)
+    assert len(list(_settings(runs))) == 4

@@ -264,7 +264,7 @@ def test_the_ablation_grid_runs_at_tiny_width_and_reads_as_named_variants(tmp_pa
         f"paths.output_root={tmp_path}",
     )
     assert result.returncode == 0, result.stderr
-    assert "sweep finished: 12 runs:" in result.stdout and "failed" not in result.stdout
+    assert "sweep finished: 14 runs:" in result.stdout and "failed" not in result.stdout
     shown = results_of(tmp_path)
     assert shown.returncode == 0, shown.stderr
     table = shown.stdout.split("final test acc %")[1].split("\n\n")[0]
@@ -276,8 +276,10 @@ def test_the_ablation_grid_runs_at_tiny_width_and_reads_as_named_variants(tmp_pa
         "batchnorm + norm.freeze_after=1",
         "batchnorm + norm.params=scale",
         "batchnorm + norm.params=shift",
+        "batchnorm + optim.norm_weight_decay=0",
+        "affine + optim.norm_weight_decay=0",
         "groupnorm",
         "bnminus",
     ]:
         assert f"\n{label} " in table, (label, table)
-    assert len([line for line in table.splitlines()[2:] if line.strip()]) == 12
+    assert len([line for line in table.splitlines()[2:] if line.strip()]) == 14
