@@ -336,6 +336,11 @@ def grid_of(experiment: str, overrides: list[str]) -> tuple[dict[str, list[str]]
     return params, cfg
 
 
+def _hours(hours: float) -> str:
+    # Two significant figures below 0.1 h, so that a tiny grid never reads as 0.0 h.
+    return f"{hours:,.1f}" if hours >= 0.1 else f"{hours:.2g}"
+
+
 def estimate_grid_hours(
     measured: dict[str, Any], overrides: list[str], n_train: int, experiment: str = "paper"
 ) -> str:
@@ -353,7 +358,7 @@ def estimate_grid_hours(
     dims = " × ".join(f"{len(v)} {k}" for k, v in {"model": models, **params}.items())
     return (
         f"{experiment} grid estimate: {len(models) * others} runs ({dims}) × {epochs} epochs × "
-        f"{n_train:,} images ≈ {seconds / 3600:,.1f} h on this device at "
+        f"{n_train:,} images ≈ {_hours(seconds / 3600)} h on this device at "
         f"{measured['batch_size']}-image batches (throughput scaled by each model's FLOPs; "
         "small batch sizes run slower than this)"
     )

@@ -145,7 +145,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-GRID_LINE = re.compile(r"^(\w+) grid estimate: ([\d,]+) runs .* ≈ ([\d,.]+) h ", re.M)
+GRID_LINE = re.compile(r"^(\w+) grid estimate: ([\d,]+) runs .* ≈ ([\d,.]+(?:e-\d+)?) h ", re.M)
 DIAGNOSTICS_LINE = re.compile(
     r"^diagnostics \(layers\.csv, trainer\.diagnostics\) for norm=(\w+): ([\d,.]+) ms per "
     r"epoch = ([\d.]+)% of an epoch's training \(([\d,]+) images",

@@ -236,3 +236,9 @@ def unescape(latex: str) -> str:
     for old, new in (("$\\pm$", "±"), ("\\_", "_"), ("\\%", "%"), ("--", "–")):
         latex = latex.replace(old, new)
     return latex
+
+
+def cells_shown(report: str) -> str:
+    """The results report without its table titles: the words a run's status can be (a title
+    explains `diverged k/N`, `missing`, … in general)."""
+    return "\n".join(line for line in report.splitlines() if " — " not in line)

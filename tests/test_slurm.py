@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from bnstudy.records import RunFolder
-from tests.conftest import REPO, TINY, run_cli, wait_for
+from tests.conftest import REPO, TINY, cells_shown, run_cli, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -120,7 +120,9 @@ def test_jobs_outlive_a_sweep_killed_in_another_pid_namespace_and_a_rerun_submit
 
     shown = run_cli(str(tmp_path), module="bnstudy.results")
     assert shown.returncode == 0, shown.stderr
-    assert "interrupted" not in shown.stdout and "missing" not in shown.stdout, shown.stdout
+    assert "interrupted" not in shown.stdout and "missing" not in cells_shown(shown.stdout), (
+        shown.stdout
+    )
 
     def done() -> bool:
         summaries = [RunFolder(p.parent).read_summary() for p in tmp_path.rglob("summary.csv")]
