@@ -18,7 +18,7 @@ from bnstudy.norms import NORMS, make_norm
 from bnstudy.preflight import resolved
 from bnstudy.records import NUMBER_FORMAT, OPTIMIZATION, identity
 from bnstudy.train import Diverged, train_epoch, train_step
-from tests.conftest import REPO, TINY, make_config, run_cli
+from tests.helpers import REPO, TINY, make_config, run_cli
 
 CPU = torch.device("cpu")
 

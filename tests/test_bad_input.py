@@ -13,7 +13,7 @@ import torch
 
 from bnstudy import preflight, records
 from bnstudy.records import RunFolder, Summary
-from tests.conftest import (
+from tests.helpers import (
     TINY,
     make_config,
     run_cli,

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from bnstudy.records import EPOCH_COLUMNS, SUMMARY_COLUMNS
-from tests.conftest import TINY, run_cli
+from tests.helpers import TINY, run_cli
 
 pytestmark = pytest.mark.slow
 

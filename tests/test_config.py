@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from bnstudy import records
 from bnstudy.config import ConfigError, validate
 from bnstudy.models import RESNETS
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

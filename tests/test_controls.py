@@ -16,7 +16,7 @@ from bnstudy.models import RESNETS, BasicBlock, Bottleneck, build_resnet
 from bnstudy.norms import AffineLayer, FrozenNorm, GroupNorm, make_norm
 from bnstudy.parts import build_model, build_parts, fold, population_batches
 from bnstudy.train import train_step
-from tests.conftest import TINY, make_config
+from tests.helpers import TINY, make_config
 
 CPU = torch.device("cpu")
 

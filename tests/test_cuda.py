@@ -27,7 +27,7 @@ from bnstudy.data import DATASETS, Split
 from bnstudy.loader import GpuLoader
 from bnstudy.parts import build_parts, checkpoint_state, restore
 from bnstudy.records import MODEL_FILE, RunFolder
-from tests.conftest import REPO, TINY, make_config, run_cli, write_fashion_mnist
+from tests.helpers import REPO, TINY, make_config, run_cli, write_fashion_mnist
 
 pytestmark = [
     pytest.mark.cuda,

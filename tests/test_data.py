@@ -16,7 +16,7 @@ from bnstudy.data import (
     read_idx,
 )
 from bnstudy.loader import GpuLoader, random_crop
-from tests.conftest import (
+from tests.helpers import (
     CIFAR_FILES,
     FASHION_MNIST,
     write_cifar_batch,

@@ -13,7 +13,7 @@ import pytest
 
 from bnstudy.bench import ESTIMATED_GRIDS
 from bnstudy.data import read_cifar10, torchvision_cifar10
-from tests.conftest import REPO, TINY
+from tests.helpers import REPO, TINY
 
 
 def script(name: str):

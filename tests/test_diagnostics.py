@@ -17,7 +17,7 @@ from bnstudy.norms import NORM_LAYER_TYPES
 from bnstudy.parts import build_model, build_parts
 from bnstudy.records import LayerStats, RunFolder
 from bnstudy.results import main as results_main
-from tests.conftest import TINY, make_config, run_cli
+from tests.helpers import TINY, make_config, run_cli
 from tests.test_run_status import interrupt_after_epoch
 
 CPU = torch.device("cpu")

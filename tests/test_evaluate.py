@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bnstudy.records import RunFolder
-from tests.conftest import TINY, run_cli
+from tests.helpers import TINY, run_cli
 
 
 def evaluate_cli(*args: str):

@@ -10,7 +10,7 @@ from bnstudy import figures
 from bnstudy.collect import collect, collect_layers
 from bnstudy.records import SUMMARY_COLUMNS, LayerStats, RunFolder
 from bnstudy.tables import _settings, accuracy_table
-from tests.conftest import write_run
+from tests.helpers import write_run
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from bnstudy import kernels, preflight, records
 from bnstudy.accel import resolve_fast_paths
 from bnstudy.config import ConfigError, validate
 from bnstudy.records import RunFolder
-from tests.conftest import REPO, TINY, make_config, run_cli
+from tests.helpers import REPO, TINY, make_config, run_cli
 
 CPU = torch.device("cpu")
 
@@ -50,7 +50,7 @@ import sys
 import torch
 from bnstudy.parts import build_parts
 from bnstudy.train import train_step
-from tests.conftest import TINY, make_config
+from tests.helpers import TINY, make_config
 channels_last = sys.argv[1] == "channels_last"
 for width in range(1 if not channels_last else 8, 9):
     cfg = make_config(*TINY, f"model.width={width}", f"trainer.channels_last={channels_last}")

@@ -19,7 +19,7 @@ from bnstudy.records import (
     write_atomic,
     write_csv,
 )
-from tests.conftest import TINY, make_config
+from tests.helpers import TINY, make_config
 
 
 def test_write_atomic_replaces_whole_files_and_leaves_no_temporary(tmp_path):

@@ -11,7 +11,7 @@ from bnstudy.data import DATASETS
 from bnstudy.models import RESNETS
 from bnstudy.norms import NORMS
 from bnstudy.optim import OPTIMIZERS, SCHEDULES
-from tests.conftest import CONF, REPO, TINY, make_config
+from tests.helpers import CONF, REPO, TINY, make_config
 
 GROUPS = {"norm": NORMS, "model": RESNETS, "dataset": DATASETS, "optim": OPTIMIZERS}
 

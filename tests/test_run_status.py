@@ -15,7 +15,7 @@ from bnstudy import run, session
 from bnstudy.errors import OutOfMemory
 from bnstudy.parts import build_parts, checkpoint_state, restore
 from bnstudy.records import RecordsError, RunFolder
-from tests.conftest import REPO, TINY, make_config, run_cli
+from tests.helpers import REPO, TINY, make_config, run_cli
 from tests.test_bad_input import assert_one_line_error, tiny_run_folder, tmpfs
 
 CPU = torch.device("cpu")
@@ -81,7 +81,7 @@ import os, signal, sys
 from pathlib import Path
 from bnstudy import session
 from bnstudy.records import RunFolder
-from tests.conftest import TINY, make_config
+from tests.helpers import TINY, make_config
 
 def kill(*args):
     os.kill(os.getpid(), signal.SIGKILL)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from bnstudy.records import RunFolder
-from tests.conftest import REPO, TINY, cells_shown, run_cli, wait_for
+from tests.helpers import REPO, TINY, cells_shown, run_cli, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 

@@ -15,7 +15,7 @@ import pytest
 
 from bnstudy.records import RunFolder
 from bnstudy.stopping import GRACE_SECONDS
-from tests.conftest import TINY, wait_for
+from tests.helpers import TINY, wait_for
 
 PYTHON = sys.executable
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bnstudy import preflight, records
-from tests.conftest import REPO, TINY, cells_shown, make_config, run_cli
+from tests.helpers import REPO, TINY, cells_shown, make_config, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -24,7 +24,7 @@ from bnstudy.tuning import (
     chosen_lrs,
     tuned_table,
 )
-from tests.conftest import CONF, TINY, make_config, read_table, run_cli, write_grid, write_run
+from tests.helpers import CONF, TINY, make_config, read_table, run_cli, write_grid, write_run
 
 CPU = torch.device("cpu")
 
