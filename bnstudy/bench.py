@@ -16,274 +16,38 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing
-import os
-import resource
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
-from torch import nn
 
-from bnstudy import kernels
-from bnstudy.config import CONF_DIR, ConfigError, resolve_device
-from bnstudy.data import DATASETS, DatasetError
-from bnstudy.diagnostics import layer_stats, probe_of
-from bnstudy.errors import first_line, one_line
-from bnstudy.kernels import KERNELS
-from bnstudy.loader import GpuLoader
-from bnstudy.norms import NORMS
-from bnstudy.parts import build_model, build_optimizer, build_parts
-from bnstudy.preflight import load_config, resolved
-from bnstudy.records import RunFolder, identity, write_csv
-from bnstudy.stopping import EXIT_INTERRUPTED, GRACE_SECONDS, stops_within_seconds
-from bnstudy.train import train_step
+from bnstudy.config.preflight import load_config
+from bnstudy.config.schema import CONF_DIR, resolve_device
+from bnstudy.data.datasets import DATASETS
+from bnstudy.errors import ConfigError, DatasetError, one_line
+from bnstudy.records import write_csv
+from bnstudy.study.norms import NORMS
+from bnstudy.sweeps.stopping import EXIT_INTERRUPTED
+from bnstudy.training import kernels
+from bnstudy.training.kernels import KERNELS
+from bnstudy.training.parts import build_model
+from bnstudy.training.speed import (
+    PROFILE_STEPS,
+    _in_fresh_process,
+    measure_bnstudy,
+    measure_reference,
+)
 
 COLUMNS = (
     "path", "device", "model", "width", "norm", "batch_size", "precision", "channels_last",
     "compile", "cpu_kernels", "images_per_s", "ms_per_step", "peak_memory_mb", "vs_reference",
 )  # fmt: skip
+
+
 PROFILE_COLUMNS = ("kernel", "calls", "total_ms", "share_pct", "busy_pct", "wall_ms", "steps")
-# Steps that torch.profiler records after the timed ones (at most --steps): a steady state,
-# and a short trace.
-PROFILE_STEPS = 10
-
-
-# ------------------------------------------------------------------------ measurements
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(step: Any, device: torch.device, warmup: int, steps: int) -> float:
-    """Seconds per step over `steps` steps, after `warmup` untimed ones."""
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    return (time.perf_counter() - started) / steps
-
-
-def _endless(loader: GpuLoader) -> Iterator[Any]:
-    """The loader's batches epoch after epoch, each epoch a new permutation (itertools.cycle
-    would keep every batch of the first epoch on the device, inflating the peak memory)."""
-    while True:
-        yield from loader
-
-
-def measure_bnstudy(
-    cfg: DictConfig, warmup: int, steps: int, profile_top: int = 0
-) -> dict[str, Any]:
-    """bnstudy's training path: on-device loader, fast paths, `train_step`; with
-    `profile_top`, the top kernels of a few more steps (`top_kernels`)."""
-    device = resolve_device(cfg.device.name)
-    parts = build_parts(cfg, device)
-    parts.train_model.train()
-    batches = _endless(parts.train_loader)
-
-    def step() -> None:
-        x, y = next(batches)
-        train_step(
-            parts.train_model, x, y, parts.optimizer, parts.fast.autocast_dtype, parts.scaler
-        )
-
-    seconds = _timed(step, device, warmup, steps)
-    profile = None
-    if profile_top:
-        profile = top_kernels(step, device, min(PROFILE_STEPS, steps), profile_top)
-    # What trainer.diagnostics adds to each epoch: one layers.csv record, on the gradients
-    # the last step left, computed and appended to the file as a run does.
-    probe, _ = probe_of(parts, cfg)
-    ident = identity(resolved(cfg))
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = RunFolder(Path(scratch))
-
-        def record() -> None:
-            folder.append_layers(ident, layer_stats(parts.model, probe, epoch=1))
-
-        record_seconds = _timed(record, device, 1, 3)
-    epoch_seconds = seconds * len(parts.train_loader)
-    return {
-        "path": "bnstudy",
-        "diagnostics_ms": 1000 * record_seconds,
-        "diagnostics_share": 100 * record_seconds / epoch_seconds,
-        "precision": parts.fast.precision,
-        "channels_last": parts.fast.channels_last,
-        "compile": parts.fast.compile,
-        "images_per_s": cfg.batch_size / seconds,
-        "ms_per_step": 1000 * seconds,
-        "peak_memory_mb": _peak_memory_mb(device),
-        "train_images": len(parts.train_loader.images),
-        "profile": profile,
-    }
-
-
-def top_kernels(step: Callable[[], None], device: torch.device, steps: int, top: int) -> dict:
-    """The `top` kernels (CUDA) or operators (CPU) by their own time over `steps` calls of
-    `step`, and the share of the wall time they kept the device busy: a GPU that is busy
-    half the time waits on the CPU (launches, Python), not on its kernels."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    on_gpu = device.type == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-    try:
-        _sync(device)
-        with profile(activities=activities) as prof:
-            started = time.perf_counter()
-            for _ in range(steps):
-                step()
-            _sync(device)
-            wall_us = (time.perf_counter() - started) * 1e6
-        if on_gpu:  # kernels, copies and memsets, timed on the GPU
-            timed = [(e, e.self_device_time_total) for e in prof.key_averages()]
-            timed = [(e, t) for e, t in timed if e.device_type == DeviceType.CUDA and t > 0]
-        else:
-            timed = [(e, e.self_cpu_time_total) for e in prof.key_averages()]
-            timed = [(e, t) for e, t in timed if t > 0]
-    except Exception as e:  # a profiler that fails must not lose the measurement before it
-        return {"error": first_line(e)}
-    total = sum(t for _, t in timed) or 1.0
-    timed.sort(key=lambda pair: -pair[1])
-    kernels = [
-        {"kernel": e.key, "calls": e.count, "total_ms": t / 1000, "share_pct": 100 * t / total}
-        for e, t in timed[:top]
-    ]
-    return {
-        "steps": steps,
-        "wall_ms": wall_us / 1000,
-        "busy_pct": 100 * total / wall_us,
-        "kernels": kernels,
-    }
-
-
-def _torchvision_dataset(cfg: DictConfig, scratch: Path) -> torch.utils.data.Dataset:
-    """The dataset as torchvision reads it, with the usual per-image transforms."""
-    from torchvision import transforms as T
-
-    spec = DATASETS[cfg.dataset.name]
-    transform = T.Compose(
-        [
-            T.RandomCrop(spec.size, padding=4),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize(spec.mean, spec.std),
-        ]
-    )
-    dataset = spec.torchvision(Path(cfg.dataset.root).expanduser(), scratch, transform)
-    if cfg.data.train_subset is not None:
-        dataset = torch.utils.data.Subset(dataset, range(cfg.data.train_subset))
-    return dataset
-
-
-def measure_reference(cfg: DictConfig, warmup: int, steps: int, workers: int) -> dict[str, Any]:
-    """The hand-written loop: torchvision dataset + transforms + DataLoader + model + SGD."""
-    device = resolve_device(cfg.device.name)
-    with tempfile.TemporaryDirectory() as staging:
-        dataset = _torchvision_dataset(cfg, Path(staging))
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            drop_last=True,
-            num_workers=workers,
-            pin_memory=device.type == "cuda",
-            persistent_workers=workers > 0,
-        )
-        torch.manual_seed(cfg.seed)
-        model = build_model(cfg).to(device).train()
-        optimizer = build_optimizer(cfg, model)
-        criterion = nn.CrossEntropyLoss()
-        batches = iter(())
-        running_loss = 0.0
-
-        def step() -> None:
-            nonlocal batches, running_loss
-            try:
-                x, y = next(batches)
-            except StopIteration:
-                batches = iter(loader)
-                x, y = next(batches)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = criterion(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            running_loss += loss.item()  # what such loops do for their progress print
-
-        seconds = _timed(step, device, warmup, steps)
-        return {
-            "path": "reference",
-            "precision": "fp32",
-            "channels_last": False,
-            "compile": "none",
-            "images_per_s": cfg.batch_size / seconds,
-            "ms_per_step": 1000 * seconds,
-            "peak_memory_mb": _peak_memory_mb(device),
-        }
-
-
-def _in_fresh_process(function: Any, *args: Any) -> dict[str, Any]:
-    """Run a measurement in a new process: clean peak memory, no state from the last one.
-    The process ends with this one: on Ctrl-C or any error here it is terminated (killed if
-    it does not stop), and if this process is killed it stops itself (stopping.py)."""
-    # spawn, not a Pool: the child may start DataLoader workers of its own.
-    spawn = multiprocessing.get_context("spawn")
-    receive, send = spawn.Pipe(duplex=False)
-    child = spawn.Process(target=_child, args=(send, os.getpid(), function, args))
-    child.start()
-    send.close()
-    try:
-        ok, value = receive.recv()
-    except EOFError:
-        raise RuntimeError(f"the measurement process died (exit code {child.exitcode})") from None
-    finally:
-        receive.close()
-        _end(child)
-    if not ok:
-        raise value
-    return value
-
-
-def _child(send: Any, parent: int, function: Any, args: tuple) -> None:
-    with stops_within_seconds(owner=parent):
-        try:
-            result = (True, function(*args))
-        except (ConfigError, DatasetError) as e:
-            result = (False, e)
-        except Exception as e:  # as one line: the exception may not survive pickling
-            result = (False, RuntimeError(first_line(e)))
-        except KeyboardInterrupt:
-            return  # Ctrl-C reached the whole process group: the parent reports it
-        send.send(result)
-
-
-def _end(child: Any) -> None:
-    """Wait briefly for `child` to finish; terminate it, then kill it, if it does not."""
-    child.join(timeout=1)
-    if child.is_alive():
-        child.terminate()
-        child.join(timeout=GRACE_SECONDS + 1)
-    if child.is_alive():
-        child.kill()
-        child.join()
 
 
 def _measure_job(
@@ -307,9 +71,6 @@ def _measure_job(
         else "",
         **row,
     }
-
-
-# --------------------------------------------------------------------------- the grid
 
 
 def flops_per_image(model_name: str, cfg: DictConfig) -> float:
@@ -362,9 +123,6 @@ def estimate_grid_hours(
         f"{measured['batch_size']}-image batches (throughput scaled by each model's FLOPs; "
         "small batch sizes run slower than this)"
     )
-
-
-# --------------------------------------------------------------------------------- CLI
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

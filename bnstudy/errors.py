@@ -12,7 +12,7 @@ from typing import NoReturn
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from bnstudy.files import RecordsError
+from bnstudy.records import RecordsError
 
 PROG = "bnstudy"  # how `python -m bnstudy.run` names itself in messages
 USAGE_EXIT = 2  # the exit status of every user error

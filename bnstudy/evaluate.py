@@ -19,17 +19,17 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from bnstudy import kernels
-from bnstudy.accel import apply_global_flags, fast_paths
-from bnstudy.config import CONF_DIR, resolve_device
-from bnstudy.data import DATASETS, load_dataset
+from bnstudy.config.preflight import resolved
+from bnstudy.config.schema import CONF_DIR, resolve_device
+from bnstudy.data.datasets import DATASETS, load_dataset
+from bnstudy.data.loader import GpuLoader
 from bnstudy.errors import USER_ERRORS, one_line
-from bnstudy.init import fold_norms
-from bnstudy.loader import GpuLoader
-from bnstudy.parts import build_model
-from bnstudy.preflight import resolved
 from bnstudy.records import MODEL_FILE, SUMMARY_COLUMNS, RecordsError, RunFolder, identity
-from bnstudy.train import autocast
+from bnstudy.study.init import fold_norms
+from bnstudy.training import kernels
+from bnstudy.training.accel import apply_global_flags, fast_paths
+from bnstudy.training.loop import autocast
+from bnstudy.training.parts import build_model
 
 PROG = "bnstudy.evaluate"
 GROUPS = ("model", "norm", "dataset", "optim")  # chosen by name in the identity

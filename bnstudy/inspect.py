@@ -5,7 +5,7 @@
 
 Takes the overrides of `bnstudy.run` (with -m, every combination, as a sweep would run them)
 and builds each model exactly as a run starts it, data-dependent inits included. On the fixed
-probe batch of layers.csv (bnstudy/diagnostics.py, with batch statistics) it measures the
+probe batch of layers.csv (bnstudy/training/diagnostics.py, with batch statistics) it measures the
 output std after the stem, every residual block and the classifier (the logits), and, after
 one backward pass of the cross-entropy, the weight-gradient norm of each stage. Prints both
 as tables, writes them as CSV and, with --plot, draws std against depth, one line per config.
@@ -22,15 +22,23 @@ from pathlib import Path
 import pandas as pd
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from bnstudy.config import ConfigError, resolve_device
-from bnstudy.controls import DEFAULTS, variant_label
-from bnstudy.diagnostics import PROBE_IMAGES, probe_of, signal_at_init
-from bnstudy.errors import USER_ERRORS, one_line
-from bnstudy.files import write_atomic
-from bnstudy.parts import build_parts
-from bnstudy.preflight import load_config, resolved
-from bnstudy.records import DATASET, MODEL, NORM, SIGNAL_KINDS, WIDTH, identity, stage_name
-from bnstudy.sweep import combinations
+from bnstudy.config.preflight import load_config, resolved
+from bnstudy.config.schema import resolve_device
+from bnstudy.errors import USER_ERRORS, ConfigError, one_line
+from bnstudy.records import (
+    DATASET,
+    MODEL,
+    NORM,
+    SIGNAL_KINDS,
+    WIDTH,
+    identity,
+    stage_name,
+    write_atomic,
+)
+from bnstudy.study.controls import DEFAULTS, variant_label
+from bnstudy.sweeps.grid import combinations
+from bnstudy.training.diagnostics import PROBE_IMAGES, probe_of, signal_at_init
+from bnstudy.training.parts import build_parts
 
 PROG = "bnstudy.inspect"
 LABEL = "config"  # the column naming each inspected config
@@ -97,7 +105,7 @@ def plot(frame: pd.DataFrame, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bnstudy.figures import log_line, save, styles, zero_floor
+    from bnstudy.analysis.look import log_line, save, styles, zero_floor
 
     written = []
     for model, rows in frame.groupby(MODEL, sort=False):

@@ -1,9 +1,10 @@
 """From a folder of runs to the paper's tables and figures: `python -m bnstudy.results DIR`.
 
-Collects every run's summary.csv, metrics.csv and layers.csv below DIR (bnstudy/collect.py)
-into tidy tables (runs.csv, epochs.csv and layers.csv at DIR's root), prints the tables
-(bnstudy/tables.py) and with --plot writes PNG figures (bnstudy/figures.py). Reads records
-without importing torch (figures import it for the datasets' class counts).
+Collects every run's summary.csv, metrics.csv and layers.csv below DIR
+(bnstudy/analysis/collect.py) into tidy tables (runs.csv, epochs.csv and layers.csv at DIR's
+root), prints the tables (bnstudy/analysis/tables.py) and with --plot writes PNG figures
+(bnstudy/analysis/figures.py). Reads records without importing torch (figures import it for the
+datasets' class counts).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from bnstudy.collect import ResultsError, collect, collect_layers, with_asked
-from bnstudy.figures import plot, plot_lr_sensitivity
-from bnstudy.files import RecordsError, write_atomic
-from bnstudy.records import LAYERS_FILE, SUMMARY_FILE
-from bnstudy.tables import FORMATS, render, report
-from bnstudy.tuning import NO_VALIDATION, tuned_cells, tuned_table
+from bnstudy.analysis.collect import ResultsError, collect, collect_layers, with_asked
+from bnstudy.analysis.figures import plot
+from bnstudy.analysis.lr_figures import plot_lr_sensitivity
+from bnstudy.analysis.tables import FORMATS, render, report
+from bnstudy.analysis.tuning import NO_VALIDATION, tuned_cells, tuned_table
+from bnstudy.records import LAYERS_FILE, SUMMARY_FILE, RecordsError, write_atomic
 
 TUNED_FILE = "tuned.csv"
 RUNS_FILE = "runs.csv"
@@ -87,7 +88,7 @@ def _tuned(runs: pd.DataFrame, asked: pd.DataFrame, args: argparse.Namespace) ->
     return 0
 
 
-# The lr rule in a title's words (bnstudy/tuning.py says why).
+# The lr rule in a title's words (bnstudy/analysis/tuning.py says why).
 RULE = (
     "lr chosen on validation among the lrs at which every seed asked for completed; "
     "an lr with a diverged seed is ruled out"

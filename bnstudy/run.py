@@ -19,11 +19,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from bnstudy import preflight
-from bnstudy.config import CONF_DIR, ConfigError
-from bnstudy.errors import PROG, USER_ERRORS, DatasetError, exit_with, first_line, one_line
-from bnstudy.stopping import EXIT_INTERRUPTED
-from bnstudy.sweep import record_job
+from bnstudy.config import preflight
+from bnstudy.config.schema import CONF_DIR
+from bnstudy.errors import (
+    PROG,
+    USER_ERRORS,
+    ConfigError,
+    DatasetError,
+    exit_with,
+    first_line,
+    one_line,
+)
+from bnstudy.sweeps.report import record_job
+from bnstudy.sweeps.stopping import EXIT_INTERRUPTED
 
 log = logging.getLogger("bnstudy")
 

@@ -21,17 +21,19 @@ import torch
 import torchvision
 from omegaconf import DictConfig
 
-from bnstudy import kernels, preflight, records
-from bnstudy.config import resolve_device
+from bnstudy import records
+from bnstudy.config import preflight
+from bnstudy.config.schema import resolve_device
 from bnstudy.errors import USER_ERRORS, as_out_of_memory, first_line, one_line
-from bnstudy.gpus import claim_gpu
-from bnstudy.norms import count_norm_parameters, group_counts
-from bnstudy.observers import Observers
-from bnstudy.parts import build_parts, checkpoint_state, fold, restore
 from bnstudy.records import FINISHED, EpochMetrics, RecordsError, RunFolder, Summary
-from bnstudy.stopping import Stop, owner_pid, stops_within_seconds
-from bnstudy.sweep import progress, record_start
-from bnstudy.train import Diverged, fit
+from bnstudy.study.norms import count_norm_parameters, group_counts
+from bnstudy.sweeps.gpus import claim_gpu
+from bnstudy.sweeps.report import progress, record_start
+from bnstudy.sweeps.stopping import Stop, owner_pid, stops_within_seconds
+from bnstudy.training import kernels
+from bnstudy.training.loop import Diverged, fit
+from bnstudy.training.observers import Observers
+from bnstudy.training.parts import build_parts, checkpoint_state, fold, restore
 
 log = logging.getLogger("bnstudy")
 

@@ -20,12 +20,12 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from bnstudy import records
-from bnstudy.collect import collect, collect_layers
-from bnstudy.config import CONF_DIR
-from bnstudy.figures import plot
-from bnstudy.preflight import resolved
+from bnstudy.analysis.collect import collect, collect_layers
+from bnstudy.analysis.figures import plot
+from bnstudy.analysis.tables import report
+from bnstudy.config.preflight import resolved
+from bnstudy.config.schema import CONF_DIR
 from bnstudy.records import LAYERS_FILE, EpochMetrics, LayerStats, RunFolder, Summary
-from bnstudy.tables import report
 
 MODELS = ["resnet18", "resnet34", "resnet50", "resnet101"]
 NORMS = ["batchnorm", "affine", "bnminus", "none"]

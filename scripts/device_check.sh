@@ -109,7 +109,7 @@ step_cuda_tests() {
   [ "$CUDA" = 1 ] || return "$NO_CUDA"
 }
 
-# Two runs at once through joblib, after one alone: with a single GPU, bnstudy/gpus.py claims
+# Two runs at once through joblib, after one alone: with a single GPU, bnstudy/sweeps/gpus.py claims
 # nothing (it spreads runs over GPUs only when there are two or more), so both train on it.
 step_concurrent() {
   local data=(dataset=fashion_mnist "dataset.root=$FASHION")

@@ -647,11 +647,12 @@ class Report:
         pair = read_runs(self.work / "concurrent" / "pair")
         gpus = self.env.get("gpus", 0)
         self.md.append(
-            "bnstudy/gpus.py gives each run a GPU of its own only where there are two or more; "
+            "bnstudy/sweeps/gpus.py gives each run a GPU of its own only where there are two or "
+            "more; "
             f"here PyTorch sees {gpus}, so the two runs do not wait for each other: both train "
             "on the same GPU, which the driver time-slices between the two processes."
             if gpus == 1
-            else f"PyTorch sees {gpus} GPUs: each run claims one (bnstudy/gpus.py)."
+            else f"PyTorch sees {gpus} GPUs: each run claims one (bnstudy/sweeps/gpus.py)."
             if gpus
             else f"{NOT_MEASURED}; the same two runs went through on the CPU at tiny sizes (a "
             "rehearsal of the launcher)."

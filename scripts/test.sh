@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up, then run the linter and the whole test suite (CPU only). Every test computes with
-# bnstudy's portable CPU kernels (AVX2, two threads: bnstudy/kernels.py), so an AVX-512 machine
+# bnstudy's portable CPU kernels (AVX2, two threads: bnstudy/training/kernels.py), so an AVX-512 machine
 # checks what an AVX2-only one runs; tests/test_portability.py checks that the machine's own
 # kernels and a capped run give the same bytes.
 #

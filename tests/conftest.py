@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnstudy import kernels
+from bnstudy.training import kernels
 from tests.helpers import CIFAR_FILES, write_cifar_batch
 
 # The tests that compute in this process do so with the kernels a run uses by default, chosen
-# before anything is computed (bnstudy/kernels.py); subprocesses choose their own.
+# before anything is computed (bnstudy/training/kernels.py); subprocesses choose their own.
 kernels.choose("portable", 2)
 
 

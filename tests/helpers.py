@@ -103,7 +103,7 @@ def run_config(
     norm: str, batch_size: int, seed: int, model: str = "resnet18", overrides: tuple = ()
 ) -> dict:
     """The resolved config of write_run's runs (CIFAR-10, 3 epochs, plus `overrides`)."""
-    from bnstudy import preflight
+    from bnstudy.config import preflight
 
     return preflight.resolved(
         make_config(
@@ -123,7 +123,7 @@ def write_grid(root: Path, cells: list[tuple]) -> Path:
     """A sweep's grid record (.sweeps/*.grid.json, as bnstudy.sweep writes it): the runs it
     was asked for, each given as run_config's arguments."""
     from bnstudy import records
-    from bnstudy.ledger import GRID_SUFFIX, LEDGER_DIR
+    from bnstudy.records.ledger import GRID_SUFFIX, LEDGER_DIR
 
     identities = [records.identity(run_config(*cell)) for cell in cells]
     path = root / LEDGER_DIR / f"test{GRID_SUFFIX}"

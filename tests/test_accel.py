@@ -8,16 +8,18 @@ import sys
 import pytest
 import torch
 
-from bnstudy import accel, session
-from bnstudy.accel import FastPathError, resolve_fast_paths
-from bnstudy.config import ConfigError, validate
-from bnstudy.data import DATASETS, Split
-from bnstudy.loader import GpuLoader
-from bnstudy.models import build_resnet
-from bnstudy.norms import NORMS, make_norm
-from bnstudy.preflight import resolved
+from bnstudy import session
+from bnstudy.config.checks import validate
+from bnstudy.config.preflight import resolved
+from bnstudy.data.datasets import DATASETS, Split
+from bnstudy.data.loader import GpuLoader
+from bnstudy.errors import ConfigError
 from bnstudy.records import NUMBER_FORMAT, OPTIMIZATION, identity
-from bnstudy.train import Diverged, train_epoch, train_step
+from bnstudy.study.models import build_resnet
+from bnstudy.study.norms import NORMS, make_norm
+from bnstudy.training import accel
+from bnstudy.training.accel import FastPathError, resolve_fast_paths
+from bnstudy.training.loop import Diverged, train_epoch, train_step
 from tests.helpers import REPO, TINY, make_config, run_cli
 
 CPU = torch.device("cpu")

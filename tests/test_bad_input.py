@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bnstudy import preflight, records
+from bnstudy import records
+from bnstudy.config import preflight
 from bnstudy.records import RunFolder, Summary
 from tests.helpers import (
     TINY,

@@ -6,8 +6,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from bnstudy import records
-from bnstudy.config import ConfigError, validate
-from bnstudy.models import RESNETS
+from bnstudy.config.checks import validate
+from bnstudy.errors import ConfigError
+from bnstudy.study.models import RESNETS
 from tests.helpers import make_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -100,7 +101,7 @@ def test_paper_experiment_is_the_full_grid_on_cifar10():
     shutil.which("srun") is None, reason="submitit writes sbatch scripts only where SLURM is"
 )
 def test_slurm_presets_ask_for_a_gpu_or_none_and_for_requeue():
-    from bnstudy.slurm import submission_script
+    from bnstudy.sweeps.slurm import submission_script
 
     gpu = hydra_config("hydra/launcher=slurm").hydra.launcher
     cpu = hydra_config("hydra/launcher=slurm_cpu").hydra.launcher

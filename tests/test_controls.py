@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 from bnstudy import session
-from bnstudy.config import ConfigError, validate
-from bnstudy.init import data_init_affine, fold_norms, lsuv, population_statistics
-from bnstudy.models import RESNETS, BasicBlock, Bottleneck, build_resnet
-from bnstudy.norms import AffineLayer, FrozenNorm, GroupNorm, make_norm
-from bnstudy.parts import build_model, build_parts, fold, population_batches
-from bnstudy.train import train_step
+from bnstudy.config.checks import validate
+from bnstudy.errors import ConfigError
+from bnstudy.study.init import data_init_affine, fold_norms, lsuv, population_statistics
+from bnstudy.study.models import RESNETS, BasicBlock, Bottleneck, build_resnet
+from bnstudy.study.norms import AffineLayer, FrozenNorm, GroupNorm, make_norm
+from bnstudy.training.loop import train_step
+from bnstudy.training.parts import build_model, build_parts, fold, population_batches
 from tests.helpers import TINY, make_config
 
 CPU = torch.device("cpu")

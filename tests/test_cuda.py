@@ -23,10 +23,10 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from bnstudy.data import DATASETS, Split
-from bnstudy.loader import GpuLoader
-from bnstudy.parts import build_parts, checkpoint_state, restore
+from bnstudy.data.datasets import DATASETS, Split
+from bnstudy.data.loader import GpuLoader
 from bnstudy.records import MODEL_FILE, RunFolder
+from bnstudy.training.parts import build_parts, checkpoint_state, restore
 from tests.helpers import REPO, TINY, make_config, run_cli, write_fashion_mnist
 
 pytestmark = [

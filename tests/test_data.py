@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from bnstudy.data import (
+from bnstudy.data.datasets import (
     DATASETS,
-    DatasetError,
     Split,
     hold_out,
     load_dataset,
     read_cifar_batch,
     read_idx,
 )
-from bnstudy.loader import GpuLoader, random_crop
+from bnstudy.data.loader import GpuLoader, random_crop
+from bnstudy.errors import DatasetError
 from tests.helpers import (
     CIFAR_FILES,
     FASHION_MNIST,

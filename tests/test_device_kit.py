@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bnstudy.bench import ESTIMATED_GRIDS
-from bnstudy.data import read_cifar10, torchvision_cifar10
+from bnstudy.data.datasets import read_cifar10, torchvision_cifar10
 from tests.helpers import REPO, TINY
 
 

@@ -1,4 +1,4 @@
-"""Per-layer diagnostics (layers.csv, bnstudy/diagnostics.py) against hand computations."""
+"""Per-layer diagnostics (layers.csv, bnstudy/training/diagnostics.py) against hand computations."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from bnstudy import session
-from bnstudy.diagnostics import layer_stats, probe_of
-from bnstudy.norms import NORM_LAYER_TYPES
-from bnstudy.parts import build_model, build_parts
 from bnstudy.records import LayerStats, RunFolder
 from bnstudy.results import main as results_main
+from bnstudy.study.norms import NORM_LAYER_TYPES
+from bnstudy.training.diagnostics import layer_stats, probe_of
+from bnstudy.training.parts import build_model, build_parts
 from tests.helpers import TINY, make_config, run_cli
 from tests.test_run_status import interrupt_after_epoch
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from matplotlib.collections import PathCollection, PolyCollection
 
-from bnstudy import figures
-from bnstudy.collect import collect, collect_layers
+from bnstudy.analysis import figures, look, lr_figures
+from bnstudy.analysis.collect import collect, collect_layers
+from bnstudy.analysis.tables import _settings, accuracy_table
 from bnstudy.records import SUMMARY_COLUMNS, LayerStats, RunFolder
-from bnstudy.tables import _settings, accuracy_table
 from tests.helpers import write_run
 
 
@@ -84,9 +84,9 @@ def test_several_seeds_show_their_count_and_spread(tmp_path, drawn):
 
 
 def test_seed_counts_that_differ_are_said_as_a_range():
-    assert figures.seeds_text([1, 3, 3]) == "1-3 seeds per point"
-    assert figures.seeds_text([2, 2]) == "2 seeds"
-    assert figures.seeds_text([1]) == "1 seed"
+    assert look.seeds_text([1, 3, 3]) == "1-3 seeds per point"
+    assert look.seeds_text([2, 2]) == "2 seeds"
+    assert look.seeds_text([1]) == "1 seed"
 
 
 def _write_layers(folder, stds_at_end: list[float]) -> None:
@@ -125,7 +125,7 @@ def test_layer_figures_keep_zeros_on_the_log_axis_and_shares_non_negative(tmp_pa
 
 
 def test_earlier_variants_are_drawn_wider_so_coinciding_lines_stay_visible():
-    looks = figures.styles(["batchnorm", "affine", "bnminus", "none"])
+    looks = look.styles(["batchnorm", "affine", "bnminus", "none"])
     sizes = [look["markersize"] for look in looks.values()]
     widths = [look["linewidth"] for look in looks.values()]
     assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 4
@@ -160,7 +160,7 @@ def crosses(ax) -> list[tuple[list[float], str]]:
 def test_every_figure_marks_diverged_runs_at_the_axis_and_counts_them(diverging, drawn):
     runs, epochs = collect(diverging)
     figures.plot(runs, epochs, diverging)
-    rows = figures.CROSS_ROW
+    rows = look.CROSS_ROW
     legend = ["batchnorm", "affine (✕ diverged 1/6)", "none (✕ diverged 3/6)", "chance level"]
 
     curves = drawn["curves"]
@@ -208,13 +208,13 @@ def test_lr_sensitivity_ticks_at_every_lr_searched_and_marks_diverged_seeds(tmp_
                 write_run(tmp_path, norm, 32, seed, val, status, val_accs=val,
                           overrides=(f"optim.lr={lr}",))  # fmt: skip
     runs, _ = collect(tmp_path)
-    [path] = figures.plot_lr_sensitivity(runs, tmp_path)
+    [path] = lr_figures.plot_lr_sensitivity(runs, tmp_path)
     assert path.name == "lr_sensitivity-resnet18-bs32.png"
     fig = drawn["lr_sensitivity"]
     ax = fig.axes[0]
     assert list(ax.get_xticks()) == [0.0125, 0.05, 0.2, 0.8]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0.0125", "0.05", "0.2", "0.8"]
-    rows = figures.CROSS_ROW
+    rows = look.CROSS_ROW
     assert crosses(ax) == (
         [(0.05, rows), (0.2, rows), (0.8, 0.0), (0.8, rows)],
         ["1/2", "2/2", "2/2", "2/2"],

@@ -3,8 +3,8 @@ import torch
 import torchvision
 from torch import nn
 
-from bnstudy.models import RESNETS, Bottleneck, build_resnet
-from bnstudy.norms import NORMS, AffineLayer, BatchNormMinus, count_norm_parameters, make_norm
+from bnstudy.study.models import RESNETS, Bottleneck, build_resnet
+from bnstudy.study.norms import NORMS, AffineLayer, BatchNormMinus, count_norm_parameters, make_norm
 
 
 def n_params(model: nn.Module) -> int:

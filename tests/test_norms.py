@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnstudy.norms import AffineLayer, BatchNormMinus, count_norm_parameters, make_norm
+from bnstudy.study.norms import AffineLayer, BatchNormMinus, count_norm_parameters, make_norm
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EPS = 1e-5

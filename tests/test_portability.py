@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from bnstudy import kernels, preflight, records
-from bnstudy.accel import resolve_fast_paths
-from bnstudy.config import ConfigError, validate
+from bnstudy import records
+from bnstudy.config import preflight
+from bnstudy.config.checks import validate
+from bnstudy.errors import ConfigError
 from bnstudy.records import RunFolder
+from bnstudy.training import kernels
+from bnstudy.training.accel import resolve_fast_paths
 from tests.helpers import REPO, TINY, make_config, run_cli
 
 CPU = torch.device("cpu")

@@ -8,9 +8,6 @@ import pytest
 import torch
 
 from bnstudy import session
-from bnstudy.gpus import claim_gpu
-from bnstudy.norms import norm_parameters
-from bnstudy.parts import build_parts
 from bnstudy.records import (
     SUMMARY_COLUMNS,
     RecordsError,
@@ -19,6 +16,9 @@ from bnstudy.records import (
     write_atomic,
     write_csv,
 )
+from bnstudy.study.norms import norm_parameters
+from bnstudy.sweeps.gpus import claim_gpu
+from bnstudy.training.parts import build_parts
 from tests.helpers import TINY, make_config
 
 

@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from bnstudy.config import validate
-from bnstudy.data import DATASETS
-from bnstudy.models import RESNETS
-from bnstudy.norms import NORMS
-from bnstudy.optim import OPTIMIZERS, SCHEDULES
+from bnstudy.config.checks import validate
+from bnstudy.data.datasets import DATASETS
+from bnstudy.study.models import RESNETS
+from bnstudy.study.norms import NORMS
+from bnstudy.training.optim import OPTIMIZERS, SCHEDULES
 from tests.helpers import CONF, REPO, TINY, make_config
 
 GROUPS = {"norm": NORMS, "model": RESNETS, "dataset": DATASETS, "optim": OPTIMIZERS}

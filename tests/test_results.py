@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bnstudy.collect import REQUIRED, collect, with_asked
+from bnstudy.analysis.collect import REQUIRED, collect, with_asked
+from bnstudy.analysis.tables import FORMATS, _settings, accuracy_table, report, status_table
 from bnstudy.records import SUMMARY_COLUMNS, RunFolder
-from bnstudy.tables import FORMATS, _settings, accuracy_table, report, status_table
 from tests.helpers import read_table, run_cli, write_grid, write_run
 
 VAL = [60.0, 50.0, 55.0]

@@ -13,8 +13,8 @@ import torch
 
 from bnstudy import run, session
 from bnstudy.errors import OutOfMemory
-from bnstudy.parts import build_parts, checkpoint_state, restore
 from bnstudy.records import RecordsError, RunFolder
+from bnstudy.training.parts import build_parts, checkpoint_state, restore
 from tests.helpers import REPO, TINY, make_config, run_cli
 from tests.test_bad_input import assert_one_line_error, tiny_run_folder, tmpfs
 

@@ -1,5 +1,6 @@
 """Every process bnstudy starts ends with its parent or when interrupted, within seconds, even
-when stuck in native code; an interrupted run is recorded and resumes (bnstudy/stopping.py)."""
+when stuck in native code; an interrupted run is recorded and resumes
+(bnstudy/sweeps/stopping.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bnstudy.records import RunFolder
-from bnstudy.stopping import GRACE_SECONDS
+from bnstudy.sweeps.stopping import GRACE_SECONDS
 from tests.helpers import TINY, wait_for
 
 PYTHON = sys.executable

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bnstudy import preflight, records
+from bnstudy import records
+from bnstudy.config import preflight
 from tests.helpers import REPO, TINY, cells_shown, make_config, run_cli
 
 pytestmark = pytest.mark.slow

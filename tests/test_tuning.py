@@ -10,13 +10,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from scipy import stats
 
-from bnstudy.collect import VARIANT, collect, with_asked
-from bnstudy.config import ConfigError, validate
-from bnstudy.errors import one_line
-from bnstudy.optim import make_schedule
-from bnstudy.parts import build_parts
-from bnstudy.train import train_step
-from bnstudy.tuning import (
+from bnstudy.analysis.collect import VARIANT, collect, with_asked
+from bnstudy.analysis.tuning import (
     ALL_DIVERGED,
     CHOSEN,
     UNFINISHED,
@@ -24,6 +19,11 @@ from bnstudy.tuning import (
     chosen_lrs,
     tuned_table,
 )
+from bnstudy.config.checks import validate
+from bnstudy.errors import ConfigError, one_line
+from bnstudy.training.loop import train_step
+from bnstudy.training.optim import make_schedule
+from bnstudy.training.parts import build_parts
 from tests.helpers import CONF, TINY, make_config, read_table, run_cli, write_grid, write_run
 
 CPU = torch.device("cpu")

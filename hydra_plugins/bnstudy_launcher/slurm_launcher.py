@@ -60,8 +60,8 @@ class BnstudySlurmLauncher(SlurmLauncher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        from bnstudy import slurm, sweep
         from bnstudy.records import FINISHED, RunFolder
+        from bnstudy.sweeps import grid, report, slurm
 
         assert self.config is not None
         executor = slurm.make_executor(self.params, self.params["submitit_folder"])
@@ -69,12 +69,12 @@ class BnstudySlurmLauncher(SlurmLauncher):
         returns: dict[int, JobReturn] = {}
         jobs: dict[int, tuple[Any, Any]] = {}  # index -> (cell, submitit job)
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-            cell = sweep.planned(list(overrides))
+            cell = grid.planned(list(overrides))
             assert cell is not None, "every cell is planned when the sweep starts"
             summary = RunFolder(cell.run_dir).read_summary()
             if summary is not None and summary["status"] in FINISHED:
                 log.info(f"\t#{idx} : already {summary['status']}: {cell.run_dir} (not submitted)")
-                sweep.record_job(summary["status"], cell.run_dir, skipped=True)
+                report.record_job(summary["status"], cell.run_dir, skipped=True)
                 returns[idx] = _job_return(overrides, summary["status"])
                 continue
             executor.update_parameters(name=cell.name)
@@ -82,7 +82,7 @@ class BnstudySlurmLauncher(SlurmLauncher):
                 self, list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}",
                 Singleton.get_state(),
             )  # fmt: skip
-            sweep.record_submitted(cell, job.job_id)
+            report.record_submitted(cell, job.job_id)
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))} -> job {job.job_id}")
             jobs[idx] = (cell, job)
         if self.wait:
@@ -98,8 +98,8 @@ class BnstudySlurmLauncher(SlurmLauncher):
         from submitit.core.utils import UncompletedJobError
         from submitit.slurm.slurm import SlurmJob
 
-        from bnstudy import slurm, sweep
         from bnstudy.errors import ConfigError
+        from bnstudy.sweeps import report, slurm
 
         returns: dict[int, JobReturn] = {}
         waiting = dict(jobs)
@@ -116,7 +116,7 @@ class BnstudySlurmLauncher(SlurmLauncher):
                     status, why = _ENDED.get(job.state.split()[0], ("interrupted", job.state))
                     error = f"SLURM job {job.job_id} ended {job.state}: {why}"
                     log.warning(f"{cell.run_dir}: {error}")
-                    sweep.record_job(status, cell.run_dir, error)
+                    report.record_job(status, cell.run_dir, error)
                     returns[idx] = _job_return(cell.overrides, status)
             if not waiting:
                 break
