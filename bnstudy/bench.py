@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,19 +26,18 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from bnstudy.config.preflight import load_config
+from bnstudy.config.preflight import load_config, resolved
 from bnstudy.config.schema import CONF_DIR, resolve_device
 from bnstudy.data.datasets import DATASETS
-from bnstudy.errors import ConfigError, DatasetError, one_line
-from bnstudy.records import write_csv
+from bnstudy.errors import ConfigError, DatasetError, first_line, one_line
+from bnstudy.records import identity, write_csv
 from bnstudy.study.norms import NORMS
-from bnstudy.sweeps.stopping import EXIT_INTERRUPTED
+from bnstudy.sweeps.stopping import EXIT_INTERRUPTED, GRACE_SECONDS, stops_within_seconds
 from bnstudy.training import kernels
 from bnstudy.training.kernels import KERNELS
 from bnstudy.training.parts import build_model
 from bnstudy.training.speed import (
     PROFILE_STEPS,
-    _in_fresh_process,
     measure_bnstudy,
     measure_reference,
 )
@@ -50,15 +51,61 @@ COLUMNS = (
 PROFILE_COLUMNS = ("kernel", "calls", "total_ms", "share_pct", "busy_pct", "wall_ms", "steps")
 
 
+def _in_fresh_process(function: Any, *args: Any) -> dict[str, Any]:
+    """Run a measurement in a new process: clean peak memory, no state from the last one.
+    The process ends with this one: on Ctrl-C or any error here it is terminated (killed if
+    it does not stop), and if this process is killed it stops itself (stopping.py)."""
+    # spawn, not a Pool: the child may start DataLoader workers of its own.
+    spawn = multiprocessing.get_context("spawn")
+    receive, send = spawn.Pipe(duplex=False)
+    child = spawn.Process(target=_child, args=(send, os.getpid(), function, args))
+    child.start()
+    send.close()
+    try:
+        ok, value = receive.recv()
+    except EOFError:
+        raise RuntimeError(f"the measurement process died (exit code {child.exitcode})") from None
+    finally:
+        receive.close()
+        _end(child)
+    if not ok:
+        raise value
+    return value
+
+
+def _child(send: Any, parent: int, function: Any, args: tuple) -> None:
+    with stops_within_seconds(owner=parent):
+        try:
+            result = (True, function(*args))
+        except (ConfigError, DatasetError) as e:
+            result = (False, e)
+        except Exception as e:  # as one line: the exception may not survive pickling
+            result = (False, RuntimeError(first_line(e)))
+        except KeyboardInterrupt:
+            return  # Ctrl-C reached the whole process group: the parent reports it
+        send.send(result)
+
+
+def _end(child: Any) -> None:
+    """Wait briefly for `child` to finish; terminate it, then kill it, if it does not."""
+    child.join(timeout=1)
+    if child.is_alive():
+        child.terminate()
+        child.join(timeout=GRACE_SECONDS + 1)
+    if child.is_alive():
+        child.kill()
+        child.join()
+
+
 def _measure_job(
     kind: str, overrides: list[str], warmup: int, steps: int, workers: int, profile_top: int = 0
 ):
     cfg = load_config(overrides)
-    if kind == "bnstudy":
-        row = measure_bnstudy(cfg, warmup, steps, profile_top)
-    else:
-        row = measure_reference(cfg, warmup, steps, workers)
     device = resolve_device(cfg.device.name)
+    if kind == "bnstudy":
+        row = measure_bnstudy(cfg, device, identity(resolved(cfg)), warmup, steps, profile_top)
+    else:
+        row = measure_reference(cfg, device, warmup, steps, workers)
     return {
         "device": str(device),
         "model": cfg.model.name,

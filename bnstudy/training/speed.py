@@ -5,8 +5,6 @@ peak memory), and the profiler's top kernels.
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import resource
 import tempfile
 import time
@@ -18,13 +16,10 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from bnstudy.config.preflight import resolved
-from bnstudy.config.schema import resolve_device
 from bnstudy.data.datasets import DATASETS
 from bnstudy.data.loader import GpuLoader
-from bnstudy.errors import ConfigError, DatasetError, first_line
-from bnstudy.records import RunFolder, identity
-from bnstudy.sweeps.stopping import GRACE_SECONDS, stops_within_seconds
+from bnstudy.errors import first_line
+from bnstudy.records import RunFolder
 from bnstudy.training.diagnostics import layer_stats, probe_of
 from bnstudy.training.loop import train_step
 from bnstudy.training.parts import build_model, build_optimizer, build_parts
@@ -65,11 +60,15 @@ def _endless(loader: GpuLoader) -> Iterator[Any]:
 
 
 def measure_bnstudy(
-    cfg: DictConfig, warmup: int, steps: int, profile_top: int = 0
+    cfg: DictConfig,
+    device: torch.device,
+    ident: dict[str, Any],
+    warmup: int,
+    steps: int,
+    profile_top: int = 0,
 ) -> dict[str, Any]:
-    """bnstudy's training path: on-device loader, fast paths, `train_step`; with
-    `profile_top`, the top kernels of a few more steps (`top_kernels`)."""
-    device = resolve_device(cfg.device.name)
+    """bnstudy's training path for the run `ident` on `device`: on-device loader, fast paths,
+    `train_step`; with `profile_top`, the top kernels of a few more steps (`top_kernels`)."""
     parts = build_parts(cfg, device)
     parts.train_model.train()
     batches = _endless(parts.train_loader)
@@ -87,7 +86,6 @@ def measure_bnstudy(
     # What trainer.diagnostics adds to each epoch: one layers.csv record, on the gradients
     # the last step left, computed and appended to the file as a run does.
     probe, _ = probe_of(parts, cfg)
-    ident = identity(resolved(cfg))
     with tempfile.TemporaryDirectory() as scratch:
         folder = RunFolder(Path(scratch))
 
@@ -169,9 +167,10 @@ def _torchvision_dataset(cfg: DictConfig, scratch: Path) -> torch.utils.data.Dat
     return dataset
 
 
-def measure_reference(cfg: DictConfig, warmup: int, steps: int, workers: int) -> dict[str, Any]:
+def measure_reference(
+    cfg: DictConfig, device: torch.device, warmup: int, steps: int, workers: int
+) -> dict[str, Any]:
     """The hand-written loop: torchvision dataset + transforms + DataLoader + model + SGD."""
-    device = resolve_device(cfg.device.name)
     with tempfile.TemporaryDirectory() as staging:
         dataset = _torchvision_dataset(cfg, Path(staging))
         loader = torch.utils.data.DataLoader(
@@ -214,49 +213,3 @@ def measure_reference(cfg: DictConfig, warmup: int, steps: int, workers: int) ->
             "ms_per_step": 1000 * seconds,
             "peak_memory_mb": _peak_memory_mb(device),
         }
-
-
-def _in_fresh_process(function: Any, *args: Any) -> dict[str, Any]:
-    """Run a measurement in a new process: clean peak memory, no state from the last one.
-    The process ends with this one: on Ctrl-C or any error here it is terminated (killed if
-    it does not stop), and if this process is killed it stops itself (stopping.py)."""
-    # spawn, not a Pool: the child may start DataLoader workers of its own.
-    spawn = multiprocessing.get_context("spawn")
-    receive, send = spawn.Pipe(duplex=False)
-    child = spawn.Process(target=_child, args=(send, os.getpid(), function, args))
-    child.start()
-    send.close()
-    try:
-        ok, value = receive.recv()
-    except EOFError:
-        raise RuntimeError(f"the measurement process died (exit code {child.exitcode})") from None
-    finally:
-        receive.close()
-        _end(child)
-    if not ok:
-        raise value
-    return value
-
-
-def _child(send: Any, parent: int, function: Any, args: tuple) -> None:
-    with stops_within_seconds(owner=parent):
-        try:
-            result = (True, function(*args))
-        except (ConfigError, DatasetError) as e:
-            result = (False, e)
-        except Exception as e:  # as one line: the exception may not survive pickling
-            result = (False, RuntimeError(first_line(e)))
-        except KeyboardInterrupt:
-            return  # Ctrl-C reached the whole process group: the parent reports it
-        send.send(result)
-
-
-def _end(child: Any) -> None:
-    """Wait briefly for `child` to finish; terminate it, then kill it, if it does not."""
-    child.join(timeout=1)
-    if child.is_alive():
-        child.terminate()
-        child.join(timeout=GRACE_SECONDS + 1)
-    if child.is_alive():
-        child.kill()
-        child.join()
