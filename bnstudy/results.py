@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bnstudy.analysis.collect import ResultsError, collect, collect_layers, with_asked
+from bnstudy.analysis.asked import with_asked
+from bnstudy.analysis.collect import ResultsError, collect, collect_layers
 from bnstudy.analysis.figures import plot
 from bnstudy.analysis.lr_figures import plot_lr_sensitivity
 from bnstudy.analysis.tables import FORMATS, render, report

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bnstudy.analysis.collect import REQUIRED, collect, with_asked
+from bnstudy.analysis.asked import with_asked
+from bnstudy.analysis.collect import REQUIRED, collect
 from bnstudy.analysis.tables import FORMATS, _settings, accuracy_table, report, status_table
 from bnstudy.records import SUMMARY_COLUMNS, RunFolder
 from tests.helpers import read_table, run_cli, write_grid, write_run

@@ -10,7 +10,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from scipy import stats
 
-from bnstudy.analysis.collect import VARIANT, collect, with_asked
+from bnstudy.analysis.asked import with_asked
+from bnstudy.analysis.collect import VARIANT, collect
 from bnstudy.analysis.tuning import (
     ALL_DIVERGED,
     CHOSEN,

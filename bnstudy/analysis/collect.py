@@ -72,7 +72,7 @@ class ResultsError(RuntimeError):
     """DIR cannot be summarised; the message names it and what to do."""
 
 
-def _warn(message: str) -> None:
+def warn_on_stderr(message: str) -> None:
     print(f"bnstudy.results: warning: {message}", file=sys.stderr)
 
 
@@ -106,7 +106,7 @@ def _concat_csvs(
     required: tuple[str, ...],
     numeric: tuple[str, ...] = (),
     one_row: bool = False,
-    warn: Callable[[str], None] = _warn,
+    warn: Callable[[str], None] = warn_on_stderr,
 ) -> pd.DataFrame:
     """Read many small CSVs as one: files with one header are concatenated as text first,
     which is far faster than a DataFrame per file (1,000 runs in well under a second).
@@ -157,7 +157,9 @@ def _quote(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
-def collect(root: Path, warn: Callable[[str], None] = _warn) -> tuple[pd.DataFrame, pd.DataFrame]:
+def collect(
+    root: Path, warn: Callable[[str], None] = warn_on_stderr
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every run below `root`: (runs, one row per run; epochs, one row per run and epoch).
     Damaged record files are reported through `warn` and left out."""
     if not root.is_dir():
@@ -206,7 +208,7 @@ def collect(root: Path, warn: Callable[[str], None] = _warn) -> tuple[pd.DataFra
 
 
 def collect_layers(
-    root: Path, runs: pd.DataFrame, warn: Callable[[str], None] = _warn
+    root: Path, runs: pd.DataFrame, warn: Callable[[str], None] = warn_on_stderr
 ) -> pd.DataFrame:
     """The layers.csv of every run in `runs` as one frame, with each run's variant. Only a file
     beside a summary.csv is a run's record: the gathered layers.csv that `results` writes at
@@ -258,16 +260,6 @@ def varies(frame: pd.DataFrame, key: str) -> bool:
     return values.dropna().nunique() + int(values.isna().any()) > 1
 
 
-def with_asked(root: Path, runs: pd.DataFrame, warn: Callable[[str], None] = _warn) -> pd.DataFrame:
-    """`runs` and the runs a sweep below `root` asked for that have no folder yet (status
-    missing or queued): everything a grid holds, done or not."""
-    asked = asked_but_missing(root, runs, warn)
-    if asked.empty:
-        return runs
-    # The grid writes unset values as None, a summary as empty (NaN): one unset value.
-    return pd.concat([runs, asked.where(asked.notna(), float("nan"))], ignore_index=True)
-
-
 def identity_columns(frame: pd.DataFrame) -> list[str]:
     """The identity columns of a runs or epochs frame: everything but the records' fields."""
     fields = {*SUMMARY_COLUMNS, *EPOCH_COLUMNS, *LAYER_COLUMNS, "run_dir", VARIANT}
@@ -293,7 +285,7 @@ class Sweeps:
         return None if listed is None else {job: state for job, (state, _) in listed.items()}
 
 
-def read_sweeps(root: Path, warn: Callable[[str], None] = _warn) -> Sweeps:
+def read_sweeps(root: Path, warn: Callable[[str], None] = warn_on_stderr) -> Sweeps:
     """Every sweep's grid (.sweeps/*.grid.json, each override combination as Hydra composed
     it) and ledger (the jobs it submitted and saw start) below `root`."""
     asked: list[dict] = []
@@ -313,24 +305,3 @@ def read_sweeps(root: Path, warn: Callable[[str], None] = _warn) -> Sweeps:
             warn(f"{path}: cannot be read ({type(e).__name__}); left out")
     asked = [a for a in asked if isinstance(a, dict) and set(REQUIRED) <= set(a)]
     return Sweeps(asked, jobs)
-
-
-def asked_but_missing(
-    root: Path, runs: pd.DataFrame, warn: Callable[[str], None] = _warn
-) -> pd.DataFrame:
-    """Runs that a sweep below `root` was asked for but that have no folder yet: status
-    "queued" when the run went to SLURM as a job that has not started (and SLURM still lists
-    it, where it can be asked), "missing" otherwise."""
-    sweeps = read_sweeps(root, warn)
-    if not sweeps.asked:
-        return runs.iloc[0:0]
-    wanted = pd.DataFrame(sweeps.asked).drop_duplicates("run_id")
-    missing = wanted[~wanted["run_id"].isin(runs["run_id"])].reset_index(drop=True)
-    states = sweeps.scheduler_states() if len(missing) else None
-    status = [
-        QUEUED
-        if run_id in sweeps.jobs and (states is None or sweeps.jobs[run_id] in states)
-        else MISSING
-        for run_id in missing["run_id"]
-    ]
-    return with_variant(missing.assign(status=status, run_dir=""))

@@ -206,7 +206,8 @@ def _tuned_lr(*, _root_: DictConfig) -> float:
             "(tuning=search, e.g. experiment=lr_search)"
         )
     from bnstudy.analysis.collect import ResultsError
-    from bnstudy.analysis.tuning import TuningError, lr_for
+    from bnstudy.analysis.tuned_lr import lr_for
+    from bnstudy.analysis.tuning import TuningError
 
     search = _search(str(folder))
     try:
@@ -239,7 +240,8 @@ def _cell_of(root: DictConfig, search: Any) -> dict[str, Any]:
 def _search(folder: str) -> Any:
     """The runs of the lr search in `folder`, with those it asked for that have no folder
     yet: a cell whose seeds have not all ended chooses no lr."""
-    from bnstudy.analysis.collect import ResultsError, collect, with_asked
+    from bnstudy.analysis.asked import with_asked
+    from bnstudy.analysis.collect import ResultsError, collect
 
     root = Path(folder).expanduser()
     try:
