@@ -1,4 +1,10 @@
-"""bnstudy: the shift and scale parameters of BatchNorm, studied with Hydra sweeps."""
+"""bnstudy: the shift and scale parameters of BatchNorm, studied with Hydra sweeps.
+
+The packages are layers, bottom to top: records (a run's identity and files), errors, data,
+study (the variants, ResNets, inits and controls), training, sweeps, analysis and config; the
+commands (run, results, evaluate, inspect, bench) sit on top. A module imports only from its
+own layer and those below (tests/test_layers.py); CONTRIBUTING.md has the map.
+"""
 
 import importlib.util
 import sys
