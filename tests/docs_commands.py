@@ -24,6 +24,7 @@ FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>[\w-]*)\s*$")
 # that does not name them (one model, two variants, one batch size and seed).
 SIZE_KEYS = {"model.width": "8", "trainer.epochs": "2", "hydra.launcher.n_jobs": "2"}
 MAX_BATCH_SIZE = 64  # debug=fast trains on 192 images
+MAX_SWEPT = 2  # a grid's dimension keeps its first two values (seed=0,1,2 runs seeds 0 and 1)
 TINY_GRID = {"model": "resnet18", "batch_size": "32", "seed": "0"}
 TINY_NORMS = "norm=batchnorm,none"
 TINY_ABLATIONS = "ablation=batchnorm,none_lsuv"
@@ -131,6 +132,13 @@ def _cap_batch(value: str) -> str:
     return ",".join(sizes)
 
 
+def _first_values(arg: str) -> str:
+    key = _key(arg)
+    if key is None or key.startswith("hydra"):
+        return arg
+    return f"{key}={','.join(arg.split('=', 1)[1].split(',')[:MAX_SWEPT])}"
+
+
 def _flags(args: list[str], flags: dict[str, str], append: tuple[str, ...] = ()) -> list[str]:
     """Replace the values of `flags` that args give, and add those of `append` it does not."""
     out = list(args)
@@ -163,8 +171,9 @@ def tiny(argv: list[str]) -> list[str]:
     if "debug" not in keys:
         args.append("debug=fast")
     if tool == "bench":
-        args = _flags(args, BENCH_FLAGS, append=("--steps", "--warmup"))
+        args = _flags(args, BENCH_FLAGS, append=("--steps", "--warmup", "--workers"))
     if "-m" in args or "--multirun" in args:
+        args = [_first_values(a) for a in args]
         args += [f"{k}={v}" for k, v in TINY_GRID.items() if k not in keys]
         if "norm" not in keys and "ablation" not in keys:
             args.append(TINY_ABLATIONS if "experiment=ablations" in args else TINY_NORMS)

@@ -58,7 +58,7 @@ def test_tiny_rewrites_a_grid_to_a_few_runs():
     assert tiny(argv)[3:] == [
         "-m",
         "experiment=paper",
-        "seed=0,1,2",
+        "seed=0,1",
         "model.width=8",
         "debug=fast",
         "model=resnet18",
@@ -74,6 +74,8 @@ def test_tiny_rewrites_a_grid_to_a_few_runs():
         "debug=fast",
         "--warmup",
         "1",
+        "--workers",
+        "0",
     ]
 
 
@@ -236,6 +238,7 @@ def _run_page(path: Path, scratch: Path) -> tuple[list[str], list[str]]:
                 continue
             took = time.monotonic() - start
             log.append(f"{took:6.1f} s  {block.where}: {' '.join(argv[1:])}")
+            print(log[-1], flush=True)
             shown_error = next((e for e in cmd.expected if e.startswith("bnstudy: error:")), None)
             printed = (out.stdout + out.stderr).strip().splitlines()
             tail = "\n  ".join(printed[-8:])
