@@ -22,7 +22,8 @@ def drawn(monkeypatch):
         made[path.name.split("-")[0]] = fig
         return path
 
-    monkeypatch.setattr(figures, "save", keep)
+    for module in (figures, lr_figures):  # each looks `save` up in its own namespace
+        monkeypatch.setattr(module, "save", keep)
     return made
 
 
