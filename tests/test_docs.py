@@ -207,6 +207,13 @@ def _gpu_here() -> bool:
     return shutil.which("nvidia-smi") is not None
 
 
+def _cost(cmd: Command) -> int:
+    """A rough weight: a bench measures each config in a fresh process, --variants four."""
+    if cmd.tool == "bench":
+        return 12 if "--variants" in cmd.argv else 3
+    return 1
+
+
 def _run_page(path: Path, scratch: Path) -> tuple[list[str], list[str]]:
     """Run a page's commands in order in its own folder; (failures, one line per command)."""
     cwd = scratch / path.stem
@@ -259,7 +266,7 @@ def _run_page(path: Path, scratch: Path) -> tuple[list[str], list[str]]:
 def test_every_documented_command_runs_at_tiny_scale(tmp_path):
     pages = [p for p in doc_files() if any(b.not_run is None for b in runnable_blocks(p))]
     # The longest chains first, so the two workers finish together.
-    pages.sort(key=lambda p: -sum(len(commands(b)) for b in runnable_blocks(p)))
+    pages.sort(key=lambda p: -sum(_cost(c) for b in runnable_blocks(p) for c in commands(b)))
     with ThreadPoolExecutor(WORKERS) as pool:
         results = list(pool.map(lambda p: _run_page(p, tmp_path), pages))
     failures = [f for page_failures, _ in results for f in page_failures]
