@@ -263,6 +263,20 @@ def _run_page(path: Path, scratch: Path) -> tuple[list[str], list[str]]:
 
 
 @pytest.mark.slow
+def test_a_documented_command_with_a_wrong_key_fails_the_check(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "```bash\npython -m bnstudy.run model.widht=8\n```\n\n"
+        "```console\n$ python -m bnstudy.run optim.lr=nan\nbnstudy: error: something else\n```\n"
+    )
+    failures, log = _run_page(page, tmp_path / "scratch")
+    assert len(log) == 2
+    assert len(failures) == 2
+    assert "Key 'widht' not in 'ModelConfig'" in failures[0]
+    assert "shown: bnstudy: error: something else" in failures[1]
+
+
+@pytest.mark.slow
 def test_every_documented_command_runs_at_tiny_scale(tmp_path):
     pages = [p for p in doc_files() if any(b.not_run is None for b in runnable_blocks(p))]
     # The longest chains first, so the two workers finish together.
