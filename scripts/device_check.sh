@@ -53,7 +53,7 @@ step_env() { python3 scripts/device_report.py env "$WORK"; }
 step_data() {
   local cifar fashion kind
   if [ -n "${CIFAR10_ROOT:-}" ] && python3 -c "import sys; from pathlib import Path
-from bnstudy.data import load_dataset; load_dataset('cifar10', Path(sys.argv[1]), False, 1, 1)" \
+from bnstudy.data.datasets import load_dataset; load_dataset('cifar10', Path(sys.argv[1]), False, 1, 1)" \
       "$CIFAR10_ROOT"; then
     cifar=$CIFAR10_ROOT kind=real
   else

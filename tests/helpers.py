@@ -120,7 +120,7 @@ def run_config(
 
 
 def write_grid(root: Path, cells: list[tuple]) -> Path:
-    """A sweep's grid record (.sweeps/*.grid.json, as bnstudy.sweep writes it): the runs it
+    """A sweep's grid record (.sweeps/*.grid.json, as bnstudy.config.callbacks writes it): the runs it
     was asked for, each given as run_config's arguments."""
     from bnstudy import records
     from bnstudy.records.ledger import GRID_SUFFIX, LEDGER_DIR
@@ -215,7 +215,7 @@ def read_table(text: str, fmt: str, index: int = 0) -> tuple[str, dict[str, list
 
 
 def unescape(latex: str) -> str:
-    """What bnstudy.tables escapes for LaTeX, back as it is printed elsewhere."""
+    """What bnstudy.analysis.tables escapes for LaTeX, back as it is printed elsewhere."""
     for old, new in (("$\\pm$", "±"), ("\\_", "_"), ("\\%", "%"), ("--", "–")):
         latex = latex.replace(old, new)
     return latex

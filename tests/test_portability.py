@@ -51,8 +51,8 @@ def test_channels_last_on_the_cpu_is_refused_below_width_8():
 STEP = """
 import sys
 import torch
-from bnstudy.parts import build_parts
-from bnstudy.train import train_step
+from bnstudy.training.parts import build_parts
+from bnstudy.training.loop import train_step
 from tests.helpers import TINY, make_config
 channels_last = sys.argv[1] == "channels_last"
 for width in range(1 if not channels_last else 8, 9):

@@ -52,7 +52,7 @@ def test_a_process_stuck_in_native_code_stops_within_seconds_of_ctrl_c(tmp_path)
     script = textwrap.dedent(f"""
         import ctypes, signal
         from pathlib import Path
-        from bnstudy.stopping import stops_within_seconds
+        from bnstudy.sweeps.stopping import stops_within_seconds
         with stops_within_seconds() as stop:
             stop.on_stuck = lambda: Path({str(flag)!r}).write_text("interrupted")
             # A native call that never returns, in a thread where no Python handler runs.
