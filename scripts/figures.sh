@@ -12,8 +12,8 @@
 # 2. Signal propagation at init for ResNet101 at width 64 (docs/diagnostics.md), with
 #    `bnstudy.inspect --plot` (which prints the table the page quotes), copied to
 #    docs/figures/inspect-resnet101-w64.png.
-# Measured on 2 cores (AMD EPYC, 2026-12-04): 7.5 min in all, the tests of another session
-# running beside it.
+# Measured on 2 idle cores (AMD EPYC, 2026-12-04): 4 min 53 s in all (2.9 min of it training
+# the quickstart); the numbers and figures came out identical on a rerun.
 # Assumes the environment scripts/setup.sh made (it does not install anything).
 set -euo pipefail
 cd "$(dirname "$0")/.."
