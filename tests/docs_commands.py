@@ -65,12 +65,18 @@ class Command:
     def tool(self) -> str | None:
         """`run`, `results`, … for `python -m bnstudy.X`; `bench_results`; None otherwise."""
         a = self.argv
-        if len(a) >= 3 and a[0] in ("python", "python3") and a[1] == "-m":
-            if a[2].startswith("bnstudy.") and a[2].count(".") == 1:
-                return a[2].split(".", 1)[1]
-        if len(a) >= 2 and a[0] in ("python", "python3") and a[1] == "scripts/bench_results.py":
+        if not a or not is_python(a[0]):
+            return None
+        if len(a) >= 3 and a[1] == "-m" and a[2].startswith("bnstudy.") and a[2].count(".") == 1:
+            return a[2].split(".", 1)[1]
+        if len(a) >= 2 and a[1] == "scripts/bench_results.py":
             return "bench_results"
         return None
+
+
+def is_python(word: str) -> bool:
+    """`python`, `python3`, `.venv/bin/python`: the environment scripts/setup.sh made."""
+    return Path(word).name in ("python", "python3")
 
 
 def blocks(path: Path) -> list[Block]:

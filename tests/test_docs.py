@@ -20,6 +20,7 @@ from tests.docs_commands import (
     commands,
     doc_files,
     fill,
+    is_python,
     runnable_blocks,
     same_error,
     tiny,
@@ -231,7 +232,7 @@ def _run_page(path: Path, scratch: Path) -> tuple[list[str], list[str]]:
             except LookupError as e:
                 failures.append(f"{block.where}: {' '.join(cmd.argv)}\n  {e}")
                 continue
-            argv = [sys.executable, *argv[1:]] if argv[0] in ("python", "python3") else argv
+            argv = [sys.executable, *argv[1:]] if is_python(argv[0]) else argv
             if cmd.tool == "bench_results":
                 argv[1] = str(ROOT / argv[1])
             start = time.monotonic()
