@@ -133,7 +133,7 @@ def evaluate_run(run_dir: Path, overrides: list[str]) -> tuple[str, bool]:
     if not agrees:
         lines.append(
             "the difference comes from another device, precision or CPU kernel than the run "
-            "used (README: reproducibility), or from a changed model.pt"
+            "used (docs/data.md: the same numbers on every machine), or from a changed model.pt"
         )
     return "\n".join(lines), agrees
 

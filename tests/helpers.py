@@ -120,8 +120,8 @@ def run_config(
 
 
 def write_grid(root: Path, cells: list[tuple]) -> Path:
-    """A sweep's grid record (.sweeps/*.grid.json, as bnstudy.config.callbacks writes it): the runs it
-    was asked for, each given as run_config's arguments."""
+    """A sweep's grid record (.sweeps/*.grid.json, as bnstudy.config.callbacks writes it): the
+    runs it was asked for, each given as run_config's arguments."""
     from bnstudy import records
     from bnstudy.records.ledger import GRID_SUFFIX, LEDGER_DIR
 
