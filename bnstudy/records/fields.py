@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-# Re-exported: the run folder's file helpers are part of the records' interface.
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-# Re-exported: the run folder's file helpers are part of the records' interface.
 
 
 # Config keys that say where or how visibly a run happens, not what it computes: changing them
