@@ -157,7 +157,7 @@ def test_a_requeued_job_resumes_to_the_numbers_of_an_uninterrupted_run(tmp_path)
     release_when_requeued(job)
     output, _ = sweep.communicate(timeout=300)
     assert sweep.returncode == 0, output
-    assert "sweep finished: 1 runs: 1 completed" in output
+    assert "sweep finished: 1 run: 1 completed" in output
     run = next(root.rglob("summary.csv")).parent
     [expected] = [p.parent for p in (tmp_path / "ref").rglob("summary.csv")]
     assert [r["epoch"] for r in rows(run)] == [str(e) for e in range(1, 41)]  # each once
@@ -196,7 +196,7 @@ def test_a_time_limit_requeues_through_submitit_then_scancel_interrupts_and_a_re
     subprocess.run(["scancel", job], check=True)
     output, _ = sweep.communicate(timeout=120)
     assert sweep.returncode == 1, output
-    assert "sweep finished: 1 runs: 1 interrupted" in output
+    assert "sweep finished: 1 run: 1 interrupted" in output
     assert f"SLURM job {job} ended CANCELLED" in output
     stopped = summary(tmp_path)
     assert stopped["status"] == "interrupted" and "was cancelled" in stopped["error"]
@@ -206,7 +206,7 @@ def test_a_time_limit_requeues_through_submitit_then_scancel_interrupts_and_a_re
     # The same command resumes it (submitted and left: the check needs no waiting sweep).
     again = run_cli(*args, "hydra.launcher.wait=false")
     assert again.returncode == 0, again.stderr
-    assert "sweep submitted: 1 runs: 1 submitted" in again.stdout
+    assert "sweep submitted: 1 run: 1 submitted" in again.stdout
     resumed = f"resuming {run} from epoch {len(epochs) + 1}"
     wait_for(
         lambda: resumed in "".join(p.read_text() for p in (tmp_path / ".submitit").rglob("*.out")),

@@ -27,6 +27,7 @@ from bnstudy.analysis.collect import (
 from bnstudy.analysis.stats import STATISTIC, mean_ci_text
 from bnstudy.records import BATCH_SIZE, DATASET, MODEL, NORM, SEED, WIDTH
 from bnstudy.study.controls import DEFAULTS, variant_order
+from bnstudy.sweeps.report import runs_text
 
 FORMATS = ("text", "markdown", "csv", "latex")
 
@@ -216,7 +217,7 @@ def report(runs: pd.DataFrame, fmt: str = "text") -> str:
         parts.append(render(status_table(group), fmt, f"status — {title}"))
     counts = outcome_counts(runs, seeds=())
     summary = ", ".join(f"{n} {s}" for s, n in counts.items())
-    lines = [f"{len(runs)} runs: {summary}"]
+    lines = [f"{runs_text(len(runs))}: {summary}"]
     # The runs whose error a reader needs: a crash, and a divergence of the number format.
     for what, rows in (
         ("failed", runs[runs["status"] == "failed"]),

@@ -10,7 +10,6 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 
-
 @dataclass(frozen=True)
 class EpochMetrics:
     """What one epoch measured; accuracies in percent. The validation columns are None when

@@ -10,8 +10,6 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-
-
 # Config keys that say where or how visibly a run happens, not what it computes: changing them
 # finds the same run folder (a run started on one GPU can finish on another). Every other key
 # of the resolved config is part of the run's identity.

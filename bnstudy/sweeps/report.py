@@ -78,6 +78,11 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
+def runs_text(n: int) -> str:
+    """`1 run`, `4 runs`: how many runs a report or table speaks of."""
+    return f"{n} run" if n == 1 else f"{n} runs"
+
+
 def report(entries: list[dict[str, Any]], submitted: list[dict[str, Any]] = ()) -> str:
     """A few lines: how many runs ended how, where the unfinished ones are and why; and the
     jobs submitted to a scheduler that this process did not wait for."""
@@ -92,7 +97,7 @@ def report(entries: list[dict[str, Any]], submitted: list[dict[str, Any]] = ()) 
         parts.append(f"{len(left)} submitted")
     verb = "submitted" if left else "finished"
     lines = [
-        f"sweep {verb}: {len(entries) + len(left)} runs: {', '.join(parts) or 'none'}"
+        f"sweep {verb}: {runs_text(len(entries) + len(left))}: {', '.join(parts) or 'none'}"
         + (f" ({skipped} already done before this sweep)" if skipped else "")
     ]
     for e in entries:
