@@ -15,12 +15,14 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bnstudy import records
 from bnstudy.records.ledger import LEDGER_ENV, append, outcomes, read_ledger
-from bnstudy.sweeps.grid import Cell
 from bnstudy.sweeps.stopping import in_slurm_job
+
+if TYPE_CHECKING:  # the grid imports Hydra's sweeper: results and tables need not
+    from bnstudy.sweeps.grid import Cell
 
 # The outcomes that mean "rerun the command": the run did not finish.
 UNFINISHED = ("failed", "interrupted", "requeued")
